@@ -1,0 +1,307 @@
+//! The operations a runtime plugin may implement, each with typed request and
+//! response. They cross the boundary as JSON through the one generic `call`
+//! entry point, so a new operation needs no change to the ABI's layout.
+//!
+//! A plugin lists the names it implements in its manifest; the host calls
+//! only those. Commands that must stream a large payload (an image archive)
+//! are not run by the plugin: it returns a [`CommandSpec`] and the host runs
+//! it through the transport with the payload on stdin.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::{ExecRequest, TargetInfo};
+
+/// An operation: its wire name and typed payloads.
+pub trait Operation {
+    /// The wire name, `area.verb`.
+    const NAME: &'static str;
+    /// The request payload.
+    type Request: Serialize + DeserializeOwned;
+    /// The response payload.
+    type Response: Serialize + DeserializeOwned;
+}
+
+macro_rules! operation {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $req:ty => $resp:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $ty;
+        impl Operation for $ty {
+            const NAME: &'static str = $name;
+            type Request = $req;
+            type Response = $resp;
+        }
+    };
+}
+
+/// A command the host runs itself (for streaming).
+pub type CommandSpec = ExecRequest;
+
+/// No payload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
+
+// ---------------------------------------------------------------- images
+
+/// Images to look up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRefs {
+    /// References (`name:tag`) or IDs.
+    pub refs: Vec<String>,
+}
+
+/// One image as the target's store has it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// The reference asked for.
+    pub reference: String,
+    /// Content ID (`sha256:…`), `None` when the image is absent.
+    pub id: Option<String>,
+    /// Uncompressed layer digests (`RootFS.Layers`), bottom first.
+    #[serde(default)]
+    pub layers: Vec<String>,
+    /// Size in bytes.
+    #[serde(default)]
+    pub size: u64,
+    /// Tags that point at it.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Images matching a repository prefix.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageListRequest {
+    /// Repository prefix (`cultivate-`).
+    pub prefix: String,
+}
+
+/// Tag `source` as `target`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageTagRequest {
+    /// Existing reference or ID.
+    pub source: String,
+    /// New reference.
+    pub target: String,
+}
+
+/// Build an image on the target from a context directory already uploaded there.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageBuildRequest {
+    /// Context directory on the target.
+    pub context_dir: String,
+    /// Dockerfile path, relative to the context.
+    pub dockerfile: String,
+    /// Tag for the result.
+    pub tag: String,
+    /// `--build-arg` values.
+    #[serde(default)]
+    pub build_args: BTreeMap<String, String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Removal result: references removed and failures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveReport {
+    /// Removed references.
+    pub removed: Vec<String>,
+    /// `(reference, reason)` pairs that could not be removed.
+    #[serde(default)]
+    pub failed: Vec<(String, String)>,
+}
+
+operation!(
+    /// Inspect images on the target.
+    ImageInspect, "image.inspect", ImageRefs => Vec<ImageInfo>
+);
+operation!(
+    /// List images whose repository starts with a prefix.
+    ImageList, "image.list", ImageListRequest => Vec<ImageInfo>
+);
+operation!(
+    /// The command that loads an image archive (`docker save` format) from stdin.
+    ImageLoadCommand, "image.load_command", Empty => CommandSpec
+);
+operation!(
+    /// Tag an image.
+    ImageTag, "image.tag", ImageTagRequest => Empty
+);
+operation!(
+    /// Remove images (never ones in use by a container).
+    ImageRemove, "image.remove", ImageRefs => RemoveReport
+);
+operation!(
+    /// The command that builds an image on the target, streaming its output.
+    ImageBuildCommand, "image.build_command", ImageBuildRequest => CommandSpec
+);
+
+// ---------------------------------------------------------------- stack
+
+/// Which stack: a compose project in a directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackRef {
+    /// Compose project name.
+    pub project: String,
+    /// Directory holding the compose file and `.env` on the target.
+    pub dir: String,
+    /// Compose files, relative to `dir`.
+    pub files: Vec<String>,
+    /// The env file, relative to `dir` (default `.env`).
+    #[serde(default)]
+    pub env_file: Option<String>,
+}
+
+/// Bring the stack up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackUpRequest {
+    /// The stack.
+    pub stack: StackRef,
+    /// Recreate containers even when their configuration is unchanged.
+    #[serde(default)]
+    pub force_recreate: bool,
+    /// Seconds to wait for a container to stop.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Take the stack down. Volumes are never removed by the pipeline.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackDownRequest {
+    /// The stack.
+    pub stack: StackRef,
+    /// Remove named volumes too (only for explicit user requests, never in deploy or rollback).
+    #[serde(default)]
+    pub remove_volumes: bool,
+}
+
+/// One service's container as the runtime reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceState {
+    /// Compose service name.
+    pub service: String,
+    /// Container name or ID.
+    pub container: String,
+    /// `running`, `exited`, `restarting`, `created` …
+    pub state: String,
+    /// `healthy`, `unhealthy`, `starting`, or `None` without a health check.
+    #[serde(default)]
+    pub health: Option<String>,
+    /// Exit code when exited.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Image reference or ID the container runs.
+    #[serde(default)]
+    pub image: String,
+    /// Last health-check output, when failing.
+    #[serde(default)]
+    pub health_log: Option<String>,
+}
+
+/// Logs of a stack.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackLogsRequest {
+    /// The stack.
+    pub stack: StackRef,
+    /// Only these services (all when empty).
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// Last N lines per service.
+    #[serde(default)]
+    pub tail: Option<u32>,
+}
+
+/// Text output.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Text {
+    /// The text.
+    pub text: String,
+}
+
+/// Run a command inside a service's container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackExecRequest {
+    /// The stack.
+    pub stack: StackRef,
+    /// Service name.
+    pub service: String,
+    /// Command inside the container.
+    pub argv: Vec<String>,
+}
+
+operation!(
+    /// `compose up -d` for the stack.
+    StackUp, "stack.up", StackUpRequest => Empty
+);
+operation!(
+    /// `compose down` for the stack (volumes kept unless asked).
+    StackDown, "stack.down", StackDownRequest => Empty
+);
+operation!(
+    /// Containers of the stack with state and health.
+    StackPs, "stack.ps", StackRef => Vec<ServiceState>
+);
+operation!(
+    /// Logs of the stack's services.
+    StackLogs, "stack.logs", StackLogsRequest => Text
+);
+operation!(
+    /// The resolved compose configuration (validates the file and `.env`).
+    StackConfig, "stack.config", StackRef => Text
+);
+operation!(
+    /// Run a command in a service's container.
+    StackExec, "stack.exec", StackExecRequest => crate::ExecOutput
+);
+
+// ---------------------------------------------------------------- dependencies
+
+/// Install what the plugin drives on the target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallRequest {
+    /// What the host probed.
+    pub target: TargetInfo,
+}
+
+/// What an installation did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallReport {
+    /// Steps taken, in order, for the user.
+    pub steps: Vec<String>,
+    /// Version now present.
+    pub version: Option<String>,
+}
+
+/// Instructions for installing by hand.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallInstructions {
+    /// Commands or prose, one item per line.
+    pub lines: Vec<String>,
+}
+
+operation!(
+    /// Install the tool (Docker engine, Compose) on the target and verify it.
+    Install, "deps.install", InstallRequest => InstallReport
+);
+operation!(
+    /// How to install the tool by hand on this target.
+    InstallHelp, "deps.install_help", InstallRequest => InstallInstructions
+);
+
+/// Run an operation's handler on a JSON payload: decode, call, encode.
+pub fn handle<O: Operation>(
+    payload: &str,
+    f: impl FnOnce(O::Request) -> Result<O::Response, crate::PluginError>,
+) -> Result<String, crate::PluginError> {
+    let req: O::Request = serde_json::from_str(payload)
+        .map_err(|e| crate::PluginError::invalid(format!("bad payload for {}: {e}", O::NAME)))?;
+    let resp = f(req)?;
+    serde_json::to_string(&resp)
+        .map_err(|e| crate::PluginError::other(format!("cannot encode response of {}: {e}", O::NAME)))
+}
