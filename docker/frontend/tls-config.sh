@@ -1,0 +1,84 @@
+#!/bin/sh
+# cultivate-tls: decide whether nginx serves HTTPS.
+#
+#   cultivate-tls configure   write /etc/nginx/conf.d/https.conf when a usable
+#                             certificate and key exist, remove it otherwise
+#   cultivate-tls reload      configure, test the configuration, nginx -s reload
+#                             (use after adding a certificate to a running
+#                             container; a renewal of existing files needs only
+#                             `nginx -s reload`)
+#
+# Environment: TLS_CERT_FILE, TLS_KEY_FILE (defaults under /etc/nginx/certs),
+# BACKEND_HOST, BACKEND_PORT (where /api/ is proxied).
+# HTTP is always served; HTTPS only with a certificate and key that are PEM,
+# currently valid and belong together. Anything else: HTTP only, and a message
+# on stderr saying what is wrong and what to do.
+set -eu
+
+CERT="${TLS_CERT_FILE:-/etc/nginx/certs/fullchain.pem}"
+KEY="${TLS_KEY_FILE:-/etc/nginx/certs/privkey.pem}"
+BACKEND="http://${BACKEND_HOST:-backend}:${BACKEND_PORT:-3000}"
+CONF_DIR=/etc/nginx/cultivate
+HTTPS_CONF=/etc/nginx/conf.d/https.conf
+
+say() { echo "frontend: $*" >&2; }
+
+disable_https() {
+    rm -f "$HTTPS_CONF"
+    say "HTTPS disabled: $*; serving HTTP only"
+}
+
+pubkey_digest_cert() { openssl x509 -in "$1" -noout -pubkey | openssl pkey -pubin -outform DER | sha256sum | cut -d' ' -f1; }
+pubkey_digest_key() { openssl pkey -in "$1" -pubout -outform DER | sha256sum | cut -d' ' -f1; }
+
+configure() {
+    # Backend address into the shared locations (no template engine needed).
+    sed "s|__BACKEND__|$BACKEND|g" "$CONF_DIR/locations.conf.template" > "$CONF_DIR/locations.conf"
+
+    if [ ! -e "$CERT" ] && [ ! -e "$KEY" ]; then
+        disable_https "no certificate at $CERT and no key at $KEY (mount CERT_DIR to enable HTTPS)"
+        return 0
+    fi
+    if [ ! -r "$CERT" ]; then
+        disable_https "key $KEY found but certificate $CERT is missing or unreadable"
+        return 0
+    fi
+    if [ ! -r "$KEY" ]; then
+        disable_https "certificate $CERT found but key $KEY is missing or unreadable"
+        return 0
+    fi
+    if ! openssl x509 -in "$CERT" -noout 2>/dev/null; then
+        disable_https "$CERT is not a PEM certificate (expected -----BEGIN CERTIFICATE-----)"
+        return 0
+    fi
+    if ! openssl pkey -in "$KEY" -noout 2>/dev/null; then
+        disable_https "$KEY is not a PEM private key (or it is encrypted)"
+        return 0
+    fi
+    if ! openssl x509 -in "$CERT" -noout -checkend 0 >/dev/null 2>&1; then
+        disable_https "$CERT has expired ($(openssl x509 -in "$CERT" -noout -enddate)); renew it"
+        return 0
+    fi
+    not_before="$(openssl x509 -in "$CERT" -noout -startdate | cut -d= -f2)"
+    if [ "$(date -d "$not_before" +%s 2>/dev/null || echo 0)" -gt "$(date +%s)" ]; then
+        disable_https "$CERT is not valid yet (notBefore=$not_before)"
+        return 0
+    fi
+    if [ "$(pubkey_digest_cert "$CERT")" != "$(pubkey_digest_key "$KEY")" ]; then
+        disable_https "$CERT and $KEY do not match (the key is not the certificate's key)"
+        return 0
+    fi
+    sed -e "s|__CERT__|$CERT|g" -e "s|__KEY__|$KEY|g" "$CONF_DIR/https.conf.template" > "$HTTPS_CONF"
+    say "HTTPS enabled with $CERT ($(openssl x509 -in "$CERT" -noout -enddate))"
+}
+
+case "${1:-configure}" in
+    configure) configure ;;
+    reload)
+        configure
+        nginx -t -q
+        nginx -s reload
+        say "nginx reloaded"
+        ;;
+    *) echo "usage: cultivate-tls [configure|reload]" >&2; exit 2 ;;
+esac
