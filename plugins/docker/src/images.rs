@@ -1,0 +1,198 @@
+//! Image-store operations over a docker-compatible CLI (`docker`, `finch`).
+//!
+//! Shared by the docker and finch plugins (finch includes this file with
+//! `#[path]`). Every function takes the CLI's argv prefix (`["docker"]`,
+//! `["/opt/homebrew/bin/finch"]`) and runs commands through the [`Host`].
+
+use std::collections::BTreeMap;
+
+use cultivate_plugin_api::ops::{CommandSpec, ImageBuildRequest, ImageInfo, RemoveReport};
+use cultivate_plugin_api::{ErrorKind, ExecOutput, ExecRequest, Host, PluginError};
+use serde::Deserialize;
+
+/// The argv `prefix` followed by `args`.
+pub fn argv(prefix: &[String], args: &[&str]) -> Vec<String> {
+    prefix.iter().cloned().chain(args.iter().map(|s| s.to_string())).collect()
+}
+
+/// True when a CLI's error output says the image does not exist.
+pub fn is_no_such_image(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    s.contains("no such image") || s.contains("no such object")
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawInspect {
+    #[serde(rename = "Id")]
+    id: String,
+    #[serde(rename = "RepoTags")]
+    repo_tags: Option<Vec<String>>,
+    #[serde(rename = "Size")]
+    size: Option<i64>,
+    #[serde(rename = "RootFS")]
+    root_fs: Option<RawRootFs>,
+    #[serde(rename = "Config")]
+    config: Option<RawConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawRootFs {
+    #[serde(rename = "Layers")]
+    layers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawConfig {
+    #[serde(rename = "Labels")]
+    labels: Option<BTreeMap<String, String>>,
+}
+
+/// Parses `docker image inspect` output (a JSON array) into image infos whose
+/// `reference` is `reference`. Objects that do not parse are skipped.
+pub fn parse_image_inspect(stdout: &str, reference: &str) -> Result<Vec<ImageInfo>, PluginError> {
+    let trimmed = stdout.trim();
+    if trimmed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let values: Vec<serde_json::Value> = match serde_json::from_str::<serde_json::Value>(trimmed) {
+        Ok(serde_json::Value::Array(a)) => a,
+        Ok(v @ serde_json::Value::Object(_)) => vec![v],
+        Ok(_) => return Err(PluginError::other(format!("unexpected image inspect output for {reference}"))),
+        Err(e) => return Err(PluginError::other(format!("cannot parse image inspect output for {reference}: {e}"))),
+    };
+    Ok(values
+        .into_iter()
+        .filter_map(|v| serde_json::from_value::<RawInspect>(v).ok())
+        .filter(|raw| !raw.id.is_empty())
+        .map(|raw| ImageInfo {
+            reference: reference.to_string(),
+            id: Some(raw.id),
+            layers: raw.root_fs.and_then(|r| r.layers).unwrap_or_default(),
+            size: raw.size.unwrap_or(0).max(0) as u64,
+            tags: raw.repo_tags.unwrap_or_default(),
+            labels: raw.config.and_then(|c| c.labels).unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// Inspects each reference. An absent image gives `id: None`, not an error;
+/// any other failure (daemon down) is an error.
+pub fn inspect(host: &Host, prefix: &[String], refs: &[String]) -> Result<Vec<ImageInfo>, PluginError> {
+    let mut out = Vec::with_capacity(refs.len());
+    for reference in refs {
+        let res = host.run(&argv(prefix, &["image", "inspect", reference.as_str()]))?;
+        let absent = ImageInfo { reference: reference.clone(), ..ImageInfo::default() };
+        if !res.success() {
+            if is_no_such_image(&res.stderr) {
+                out.push(absent);
+                continue;
+            }
+            return Err(command_error(&format!("{} image inspect {reference}", prefix.join(" ")), &res));
+        }
+        let info = parse_image_inspect(&res.stdout, reference)?.into_iter().next().unwrap_or(absent);
+        out.push(info);
+    }
+    Ok(out)
+}
+
+/// One line of `docker image ls --format '{{json .}}'`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RawLsLine {
+    #[serde(rename = "Repository")]
+    repository: String,
+    #[serde(rename = "Tag")]
+    tag: String,
+    #[serde(rename = "ID")]
+    id: String,
+}
+
+/// The `repository:tag` references in `docker image ls --format '{{json .}}'`
+/// output whose repository starts with `prefix` (untagged images are skipped).
+/// Lines that do not parse are skipped.
+pub fn parse_image_ls(stdout: &str, prefix: &str) -> Vec<String> {
+    let mut refs: Vec<String> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<RawLsLine>(l.trim()).ok())
+        .filter(|l| !l.repository.is_empty() && l.repository != "<none>" && l.repository.starts_with(prefix))
+        .map(|l| if l.tag.is_empty() || l.tag == "<none>" { l.id } else { format!("{}:{}", l.repository, l.tag) })
+        .filter(|r| !r.is_empty())
+        .collect();
+    refs.sort();
+    refs.dedup();
+    refs
+}
+
+/// Images whose repository starts with `prefix`, inspected.
+pub fn list(host: &Host, prefix: &[String], repo_prefix: &str) -> Result<Vec<ImageInfo>, PluginError> {
+    let res = host.run_ok(&argv(prefix, &["image", "ls", "--format", "{{json .}}"]))?;
+    let refs = parse_image_ls(&res.stdout, repo_prefix);
+    Ok(inspect(host, prefix, &refs)?.into_iter().filter(|i| i.id.is_some()).collect())
+}
+
+/// The command that loads an image archive from stdin.
+pub fn load_command(prefix: &[String]) -> CommandSpec {
+    ExecRequest::new(argv(prefix, &["load"]))
+}
+
+/// Tags `source` as `target`.
+pub fn tag(host: &Host, prefix: &[String], source: &str, target: &str) -> Result<(), PluginError> {
+    if source.trim().is_empty() || target.trim().is_empty() {
+        return Err(PluginError::invalid("image.tag needs a source and a target"));
+    }
+    host.run_ok(&argv(prefix, &["image", "tag", source, target]))?;
+    Ok(())
+}
+
+/// Removes references without `--force`: an image a container uses (running
+/// or stopped) is refused by the engine and reported in `failed`. A reference
+/// that is already absent counts as removed.
+pub fn remove(host: &Host, prefix: &[String], refs: &[String]) -> Result<RemoveReport, PluginError> {
+    let mut report = RemoveReport::default();
+    for reference in refs {
+        let res = host.run(&argv(prefix, &["image", "rm", reference.as_str()]))?;
+        if res.success() || is_no_such_image(&res.stderr) {
+            report.removed.push(reference.clone());
+        } else {
+            let why = if res.stderr.trim().is_empty() { res.stdout.trim() } else { res.stderr.trim() };
+            let why = if why.is_empty() { format!("exited with status {}", res.status) } else { why.to_string() };
+            report.failed.push((reference.clone(), why));
+        }
+    }
+    Ok(report)
+}
+
+/// `docker build -f CONTEXT/DOCKERFILE -t TAG --build-arg K=V … --label K=V … CONTEXT`,
+/// run in the context directory. A relative Dockerfile is taken relative to the context.
+pub fn build_command(prefix: &[String], req: &ImageBuildRequest) -> Result<CommandSpec, PluginError> {
+    if req.context_dir.trim().is_empty() || req.tag.trim().is_empty() {
+        return Err(PluginError::invalid("image.build_command needs a context directory and a tag"));
+    }
+    let dockerfile = if req.dockerfile.trim().is_empty() { "Dockerfile".to_string() } else { req.dockerfile.clone() };
+    let dockerfile = if dockerfile.starts_with('/') {
+        dockerfile
+    } else {
+        format!("{}/{}", req.context_dir.trim_end_matches('/'), dockerfile)
+    };
+    let mut args: Vec<String> = vec!["build".into(), "-f".into(), dockerfile, "-t".into(), req.tag.clone()];
+    for (k, v) in &req.build_args {
+        args.push("--build-arg".into());
+        args.push(format!("{k}={v}"));
+    }
+    for (k, v) in &req.labels {
+        args.push("--label".into());
+        args.push(format!("{k}={v}"));
+    }
+    args.push(req.context_dir.clone());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Ok(ExecRequest::new(argv(prefix, &refs)).cwd(req.context_dir.clone()))
+}
+
+/// The error for command `what` that exited non-zero, with its output.
+pub fn command_error(what: &str, res: &ExecOutput) -> PluginError {
+    let detail = if res.stderr.trim().is_empty() { res.stdout.trim() } else { res.stderr.trim() };
+    PluginError::new(ErrorKind::CommandFailed, format!("{what} exited with status {}: {detail}", res.status))
+}
