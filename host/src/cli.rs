@@ -1,0 +1,296 @@
+//! Command-line types (clap derive). Logic lives in `commands`; these only parse.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const AFTER_HELP: &str = "\
+Examples:
+  cultivate deploy                          deploy to the target in ./cultivate.toml
+  cultivate deploy --target local           deploy to this machine's engine
+  cultivate deploy --target ssh://deploy@example.org --identity ~/.ssh/id_ed25519
+  cultivate rollback                        go back to the previous release
+  cultivate plugins list --target local     which runtimes would be used here
+
+Exit codes:
+  0   success
+  1   failed (nothing was changed on the target, or an internal error)
+  2   usage or configuration error
+  3   the target's runtime is missing or too old (see --install-deps)
+  4   deploy failed and was rolled back to a healthy release
+  5   deploy failed and the rollback failed too: the target needs attention
+  6   another deploy holds the target's lock
+  10  connection timed out
+  11  connection refused
+  12  host unreachable or unknown host name
+  13  SSH authentication failed
+  14  SSH host key unknown (see --accept-new-host-key)
+  15  SSH host key changed (possible attack: check the host, then fix known_hosts)
+  16  connection lost during a command";
+
+/// Deploy a three-tier web application to your own server and keep it healthy
+///
+/// cultivate builds the images, sends only what the target lacks over SSH (or
+/// runs locally), starts the stack, waits until every container is healthy,
+/// and rolls back to the previous release by itself when anything fails.
+#[derive(Debug, Parser)]
+#[command(name = "cultivate", version, about, long_about, after_long_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Args, Clone, Default)]
+pub struct GlobalArgs {
+    /// Show more: -v shows every command run on the target and its output, -vv everything
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Show only errors
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Print a machine-readable result on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// When to use colour (NO_COLOR is honoured with `auto`)
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto, global = true)]
+    pub color: ColorChoice,
+
+    /// Configuration file [default: ./cultivate.toml]
+    #[arg(long, short = 'c', global = true, env = "CULTIVATE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// Colour policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ColorChoice {
+    /// Colour on a terminal unless NO_COLOR is set
+    #[default]
+    Auto,
+    /// Always colour
+    Always,
+    /// Never colour
+    Never,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build, ship and start a new release; roll back by itself on failure
+    Deploy(DeployArgs),
+    /// Go back to the previous release (or --to VERSION)
+    Rollback(RollbackArgs),
+    /// List the releases kept on the target
+    Releases(TargetArgs),
+    /// Show the running release and each container's health
+    Status(TargetArgs),
+    /// Show the logs of the stack's services
+    Logs(LogsArgs),
+    /// Check or renew the TLS certificate
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Check the configuration or write a commented one
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Write a commented cultivate.toml (same as `config init`)
+    Init(InitArgs),
+    /// List plugins and what they find on a target
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+    /// Inspect or release the target's deploy lock
+    #[command(subcommand)]
+    Lock(LockCommand),
+    /// Print shell completions
+    Completions(CompletionsArgs),
+}
+
+/// How to reach the target.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TargetArgs {
+    /// `local`, `ssh://[user@]host[:port]`, or a host alias from ~/.ssh/config
+    #[arg(long, short = 't', env = "CULTIVATE_TARGET")]
+    pub target: Option<String>,
+
+    /// Runtime plugin to use instead of the one probing picks
+    #[arg(long)]
+    pub runtime: Option<String>,
+
+    /// Transport plugin to use instead of the one the target implies
+    #[arg(long)]
+    pub transport: Option<String>,
+
+    /// SSH private key
+    #[arg(long, short = 'i')]
+    pub identity: Option<PathBuf>,
+
+    /// known_hosts file [default: ~/.ssh/known_hosts]
+    #[arg(long)]
+    pub known_hosts: Option<PathBuf>,
+
+    /// Record an unknown host key instead of refusing to connect
+    #[arg(long)]
+    pub accept_new_host_key: bool,
+
+    /// Seconds to wait for the connection and the SSH handshake
+    #[arg(long)]
+    pub connect_timeout: Option<u64>,
+}
+
+/// `deploy` options.
+#[derive(Debug, Args, Clone, Default)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// Where images are built
+    #[arg(long, value_enum)]
+    pub build: Option<BuildMode>,
+
+    /// Version tag for this release [default: git short hash and timestamp]
+    #[arg(long)]
+    pub release_version: Option<String>,
+
+    /// Install Docker and Compose on the target when they are missing (Debian, Ubuntu)
+    #[arg(long)]
+    pub install_deps: bool,
+
+    /// Print the plan without changing anything
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Seconds to wait for every container to be healthy
+    #[arg(long)]
+    pub health_timeout: Option<u64>,
+}
+
+/// Where images are built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildMode {
+    /// On this machine (Docker engine API), then shipped to the target
+    Local,
+    /// On the target, from a build context sent over the transport
+    Remote,
+}
+
+/// `rollback` options.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// Release to go back to [default: the one before the current]
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+/// `logs` options.
+#[derive(Debug, Args, Clone, Default)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// Only this service
+    pub service: Option<String>,
+
+    /// Last N lines
+    #[arg(long, default_value_t = 200)]
+    pub tail: u32,
+}
+
+/// `certs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CertsCommand {
+    /// Validate the certificate and key (PEM, dates, key match)
+    Check(CertFiles),
+    /// Upload a new certificate and reload nginx without a rebuild
+    Renew(RenewArgs),
+}
+
+/// Certificate files.
+#[derive(Debug, Args, Clone, Default)]
+pub struct CertFiles {
+    /// Certificate (PEM) [default: from the configuration]
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) [default: from the configuration]
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+}
+
+/// `certs renew` options.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RenewArgs {
+    #[command(flatten)]
+    pub files: CertFiles,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the resolved settings (secrets redacted) after checking them
+    Check(TargetArgs),
+    /// Write a commented cultivate.toml
+    Init(InitArgs),
+}
+
+/// `init` options.
+#[derive(Debug, Args, Clone, Default)]
+pub struct InitArgs {
+    /// Where to write it
+    #[arg(default_value = "cultivate.toml")]
+    pub path: PathBuf,
+    /// Overwrite an existing file
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `plugins` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// List loaded plugins; with --target, what each finds there
+    List(PluginsListArgs),
+}
+
+/// `plugins list` options.
+#[derive(Debug, Args, Clone, Default)]
+pub struct PluginsListArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+/// `lock` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Who holds the target's deploy lock
+    Status(TargetArgs),
+    /// Remove a stale lock (only when no deploy is running)
+    Release(TargetArgs),
+}
+
+/// `completions` options.
+#[derive(Debug, Args, Clone)]
+pub struct CompletionsArgs {
+    /// Shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

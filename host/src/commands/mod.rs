@@ -1,0 +1,45 @@
+//! One module per subcommand; each resolves its settings and calls one operation.
+
+mod config;
+mod plugins;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command, ConfigCommand, PluginsCommand};
+use crate::output::Printer;
+
+/// Runs the parsed command.
+pub fn run(cli: &Cli, printer: &Printer) -> Result<()> {
+    let config = cli.global.config.as_deref();
+    match &cli.command {
+        Command::Plugins(PluginsCommand::List(args)) => {
+            let settings = crate::settings::load(config, &crate::settings::Overrides::from_target(&args.target)).ok();
+            plugins::list(printer, args, settings.as_ref())
+        }
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(args.shell, &mut cmd, "cultivate", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Check(args)) => config::check(printer, config, args),
+        Command::Config(ConfigCommand::Init(args)) | Command::Init(args) => config::init(printer, args),
+        other => Err(anyhow::anyhow!("`{}` is not available yet", command_name(other))),
+    }
+}
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Deploy(_) => "deploy",
+        Command::Rollback(_) => "rollback",
+        Command::Releases(_) => "releases",
+        Command::Status(_) => "status",
+        Command::Logs(_) => "logs",
+        Command::Certs(_) => "certs",
+        Command::Config(_) => "config",
+        Command::Init(_) => "init",
+        Command::Plugins(_) => "plugins",
+        Command::Lock(_) => "lock",
+        Command::Completions(_) => "completions",
+    }
+}

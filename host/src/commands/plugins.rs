@@ -1,0 +1,124 @@
+//! `cultivate plugins list`.
+
+use anyhow::Result;
+use serde_json::json;
+
+use crate::cli::PluginsListArgs;
+use crate::output::Printer;
+use crate::plugins::{ProbeResult, Registry};
+use crate::session::Session;
+use crate::settings::Settings;
+use crate::target::Target;
+
+/// Lists the plugins and, with `--target`, what each finds there.
+pub fn list(printer: &Printer, args: &PluginsListArgs, settings: Option<&Settings>) -> Result<()> {
+    let registry = Registry::load_default();
+    for s in &registry.shadowed {
+        tracing::warn!("plugin {} at {} is shadowed by {}", s.name, s.path.display(), s.winner.display());
+    }
+    registry.ensure_not_empty()?;
+    let probes: Option<(Session, Vec<ProbeResult>)> = match &args.target.target {
+        Some(t) => {
+            let target = Target::parse(t)?;
+            let opts = crate::settings::connect_options(&args.target, settings);
+            let session = Session::connect(&registry, &target, &opts)?;
+            let probes = registry.probe_runtimes(session.host(), &session.info);
+            Some((session, probes))
+        }
+        None => None,
+    };
+    let probe_of =
+        |name: &str| probes.as_ref().and_then(|(_, ps)| ps.iter().find(|p| p.plugin.manifest().name == name));
+
+    if printer.json() {
+        let plugins: Vec<_> = registry
+            .plugins
+            .iter()
+            .map(|p| {
+                let m = p.manifest();
+                let mut v = json!({
+                    "name": m.name, "kinds": m.kinds, "version": m.version, "api_version": m.api_version,
+                    "capabilities": m.capabilities, "priority": m.priority, "target_os": m.target_os,
+                    "schemes": m.schemes, "operations": m.operations, "path": p.path(),
+                });
+                if let Some(pr) = probe_of(&m.name) {
+                    v["probe"] = match &pr.probe {
+                        Ok(probe) => serde_json::to_value(probe).unwrap_or_default(),
+                        Err(e) => json!({ "available": false, "reason": format!("probe failed: {e}") }),
+                    };
+                }
+                v
+            })
+            .collect();
+        let mut out = json!({
+            "plugins": plugins,
+            "failures": registry.failures,
+            "shadowed": registry.shadowed,
+            "searched": registry.searched,
+        });
+        if let Some((session, _)) = &probes {
+            out["target"] =
+                json!({ "target": session.target.as_str(), "transport": session.transport, "info": session.info });
+        }
+        printer.json_value(&out);
+        return Ok(());
+    }
+
+    let mut rows = vec![vec![
+        "NAME".to_string(),
+        "KIND".into(),
+        "VERSION".into(),
+        "API".into(),
+        if probes.is_some() { "ON TARGET".into() } else { "PATH".into() },
+    ]];
+    for p in &registry.plugins {
+        let m = p.manifest();
+        let kinds: Vec<String> = m.kinds.iter().map(|k| k.to_string()).collect();
+        let last = match probe_of(&m.name) {
+            Some(pr) => match &pr.probe {
+                Ok(probe) if probe.available => format!(
+                    "available {} (score {}){}",
+                    probe.version.as_deref().unwrap_or(""),
+                    if probe.score != 0 { probe.score } else { m.priority },
+                    probe.details.get("flavour").map(|f| format!(", compose {f}")).unwrap_or_default()
+                ),
+                _ => format!("unavailable: {}", pr.reason()),
+            },
+            None if probes.is_some() => match &probes {
+                Some((s, _)) if m.schemes.iter().any(|sc| sc == s.target.scheme()) && s.transport == m.name => {
+                    format!("connected ({})", s.peer)
+                }
+                _ => "-".into(),
+            },
+            None => p.path().display().to_string(),
+        };
+        rows.push(vec![m.name.clone(), kinds.join(","), m.version.clone(), m.api_version.clone(), last]);
+    }
+    let widths: Vec<usize> =
+        (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i + 1 == row.len() { c.clone() } else { format!("{c:<w$}", w = widths[i]) })
+            .collect();
+        printer.data(line.join("  ").trim_end());
+    }
+    if let Some((session, _)) = &probes {
+        printer.data(&format!(
+            "\ntarget {}: {} {} via {} ({})",
+            session.target,
+            session.info.os,
+            session.info.arch,
+            session.transport,
+            session.info.os_release.get("PRETTY_NAME").map(String::as_str).unwrap_or("")
+        ));
+    }
+    for f in &registry.failures {
+        printer.data(&format!("failed to load {}: {}", f.path.display(), f.reason));
+    }
+    for s in &registry.shadowed {
+        printer.data(&format!("shadowed: {} at {} (using {})", s.name, s.path.display(), s.winner.display()));
+    }
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! A session: a connection to one target through a transport plugin, and the
+//! host services that runtime plugins call back into.
+//!
+//! Every command, whichever plugin asks for it, goes through [`Services::exec`],
+//! so `-v` shows each one and its output, with secrets redacted.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use cultivate_plugin_api::{
+    collect_with, ChannelEvent, ConnectSpec, Connection, ErrorKind, ExecOutput, ExecRequest, Host, HostServices,
+    LogLevel, PluginError, TargetInfo,
+};
+
+use crate::plugins::Registry;
+use crate::redact;
+use crate::target::{parse_target_info, Target, PROBE_SCRIPT};
+
+/// Forwards a plugin's log line to tracing with the plugin's name.
+fn forward_log(level: LogLevel, plugin: &str, message: &str) {
+    let message = redact::apply(message);
+    match level {
+        LogLevel::Error => tracing::error!(plugin, "{message}"),
+        LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+        LogLevel::Info => tracing::info!(plugin, "{message}"),
+        LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+        LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+    }
+}
+
+/// Splits streamed bytes into lines for the verbose log.
+#[derive(Default)]
+struct LineLog {
+    buf: Vec<u8>,
+}
+
+impl LineLog {
+    fn feed(&mut self, is_stderr: bool, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        while let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=pos).collect();
+            emit_line(is_stderr, &line[..line.len() - 1]);
+        }
+        if self.buf.len() > 16 * 1024 {
+            let line = std::mem::take(&mut self.buf);
+            emit_line(is_stderr, &line);
+        }
+    }
+
+    fn flush(&mut self, is_stderr: bool) {
+        if !self.buf.is_empty() {
+            let line = std::mem::take(&mut self.buf);
+            emit_line(is_stderr, &line);
+        }
+    }
+}
+
+fn emit_line(is_stderr: bool, line: &[u8]) {
+    let text = redact::apply(&String::from_utf8_lossy(line));
+    if is_stderr {
+        tracing::debug!(target: "cultivate::cmd", "  ! {text}");
+    } else {
+        tracing::debug!(target: "cultivate::cmd", "  | {text}");
+    }
+}
+
+/// Host services for plugins, bound to one connection.
+pub struct Services {
+    conn: Option<Arc<dyn Connection>>,
+}
+
+impl Services {
+    /// Runs a command with its output streamed to the verbose log.
+    pub fn run(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
+        let conn = self.conn.as_ref().ok_or_else(|| PluginError::invalid("no target connection in this context"))?;
+        tracing::debug!(target: "cultivate::cmd", "$ {}", redact::apply(&req.display()));
+        let started = Instant::now();
+        let mut ch = conn.exec(req)?;
+        let (mut out_log, mut err_log) = (LineLog::default(), LineLog::default());
+        let result = collect_with(ch.as_mut(), req.timeout_secs.map(Duration::from_secs), &mut |is_err, bytes| {
+            if is_err {
+                err_log.feed(true, bytes)
+            } else {
+                out_log.feed(false, bytes)
+            }
+        });
+        out_log.flush(false);
+        err_log.flush(true);
+        if let Ok(out) = &result {
+            tracing::debug!(target: "cultivate::cmd", "  exit {} in {:.2?}", out.status, started.elapsed());
+        }
+        result
+    }
+}
+
+impl HostServices for Services {
+    fn exec(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
+        self.run(req)
+    }
+
+    fn put_file(&self, path: &str, mode: u32, data: &[u8]) -> Result<(), PluginError> {
+        let conn = self.conn.as_ref().ok_or_else(|| PluginError::invalid("no target connection in this context"))?;
+        tracing::debug!(target: "cultivate::cmd", "put {path} ({} bytes, mode {mode:o})", data.len());
+        conn.put_file(path, mode, data)
+    }
+
+    fn log(&self, level: LogLevel, plugin: &str, message: &str) {
+        forward_log(level, plugin, message)
+    }
+}
+
+/// Options for connecting.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// `--transport`.
+    pub transport: Option<String>,
+    /// What the transport needs.
+    pub spec: ConnectSpec,
+}
+
+/// A live connection to a target.
+pub struct Session {
+    /// The target as given.
+    pub target: Target,
+    /// The transport plugin's name.
+    pub transport: String,
+    /// The peer as the transport describes it.
+    pub peer: String,
+    /// What the target is.
+    pub info: TargetInfo,
+    conn: Arc<dyn Connection>,
+    services: Arc<Services>,
+    host: Host,
+}
+
+impl Session {
+    /// Connects through the transport the target implies (or `--transport`),
+    /// then verifies the connection by running a command (P16) and probes the OS.
+    pub fn connect(registry: &Registry, target: &Target, opts: &ConnectOptions) -> Result<Session> {
+        let plugin = registry.select_transport(target.scheme(), opts.transport.as_deref())?;
+        let name = plugin.manifest().name.clone();
+        let log_host = Host::new(Arc::new(Services { conn: None })).for_plugin(&name);
+        let mut spec = opts.spec.clone();
+        spec.target = target.as_str().to_string();
+        let conn: Arc<dyn Connection> =
+            Arc::from(plugin.connect(&log_host, &spec).with_context(|| format!("cannot connect to {target}"))?);
+        let peer = conn.info().peer;
+        let services = Arc::new(Services { conn: Some(conn.clone()) });
+        let host = Host::new(services.clone());
+        let out = services
+            .run(&ExecRequest::shell(PROBE_SCRIPT).timeout_secs(30))
+            .with_context(|| format!("connected to {target}, but running a first command failed"))?;
+        if !out.success() {
+            anyhow::bail!(
+                "connected to {target}, but `uname` failed there (status {}): {}",
+                out.status,
+                out.stderr.trim()
+            );
+        }
+        let info = parse_target_info(&out.stdout);
+        tracing::info!(target = %target, transport = %name, os = %info.os, arch = %info.arch, "connected");
+        Ok(Session { target: target.clone(), transport: name, peer, info, conn, services, host })
+    }
+
+    /// The host handle to give plugins.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// Runs a command and collects its output.
+    pub fn run(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
+        self.services.run(req)
+    }
+
+    /// Runs a command and fails unless it exits 0.
+    pub fn run_ok(&self, req: &ExecRequest) -> Result<ExecOutput> {
+        let shown = redact::apply(&req.display());
+        Ok(self.run(req).with_context(|| format!("running `{shown}`"))?.check(&format!("`{shown}`"))?)
+    }
+
+    /// Runs a shell snippet and fails unless it exits 0.
+    pub fn sh(&self, script: &str) -> Result<ExecOutput> {
+        self.run_ok(&ExecRequest::shell(script))
+    }
+
+    /// Writes a file on the target.
+    pub fn put_file(&self, path: &str, mode: u32, data: &[u8]) -> Result<()> {
+        self.services.put_file(path, mode, data).with_context(|| format!("cannot write {path} on {}", self.target))
+    }
+
+    /// Runs `req` with `input` streamed to its stdin, calling `progress(bytes_sent)`
+    /// as it goes. Output is collected and returned.
+    pub fn run_with_input(
+        &self,
+        req: &ExecRequest,
+        input: &mut dyn Read,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<ExecOutput, PluginError> {
+        tracing::debug!(target: "cultivate::cmd", "$ {} < (stream)", redact::apply(&req.display()));
+        let mut ch = self.conn.exec(req)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut sent = 0u64;
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        loop {
+            let n = input
+                .read(&mut buf)
+                .map_err(|e| PluginError::new(ErrorKind::Io, format!("reading the stream: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = ch.write_stdin(&buf[..n]) {
+                // The command may have exited early; report its own error if it has one.
+                let out = drain(ch.as_mut(), &mut stdout, &mut stderr);
+                return match out {
+                    Ok(status) if status != 0 => Ok(ExecOutput {
+                        status,
+                        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+                        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+                    }),
+                    _ => Err(e),
+                };
+            }
+            sent += n as u64;
+            progress(sent);
+            // Keep the output pipes moving so the remote side never blocks on them.
+            while let ChannelEvent::Stdout(b) | ChannelEvent::Stderr(b) = peek(ch.as_mut(), &mut stdout, &mut stderr)? {
+                let _ = b;
+            }
+        }
+        ch.close_stdin()?;
+        let status = drain(ch.as_mut(), &mut stdout, &mut stderr)?;
+        let out = ExecOutput {
+            status,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        };
+        for line in out.stdout.lines().chain(out.stderr.lines()) {
+            tracing::debug!(target: "cultivate::cmd", "  | {}", redact::apply(line));
+        }
+        Ok(out)
+    }
+
+    /// Closes the connection.
+    pub fn close(&self) {
+        self.conn.close()
+    }
+}
+
+fn peek(
+    ch: &mut dyn cultivate_plugin_api::Channel,
+    stdout: &mut Vec<u8>,
+    stderr: &mut Vec<u8>,
+) -> Result<ChannelEvent, PluginError> {
+    let ev = ch.next_event(Duration::ZERO)?;
+    match &ev {
+        ChannelEvent::Stdout(b) => stdout.extend_from_slice(b),
+        ChannelEvent::Stderr(b) => stderr.extend_from_slice(b),
+        ChannelEvent::Exit(status) => {
+            return Err(PluginError::new(
+                ErrorKind::CommandFailed,
+                format!(
+                    "the command exited with status {status} before reading all its input: {}",
+                    String::from_utf8_lossy(stderr).trim()
+                ),
+            ))
+        }
+        ChannelEvent::Idle => {}
+    }
+    Ok(ev)
+}
+
+fn drain(
+    ch: &mut dyn cultivate_plugin_api::Channel,
+    stdout: &mut Vec<u8>,
+    stderr: &mut Vec<u8>,
+) -> Result<i32, PluginError> {
+    loop {
+        match ch.next_event(Duration::from_millis(500))? {
+            ChannelEvent::Stdout(b) => stdout.extend_from_slice(&b),
+            ChannelEvent::Stderr(b) => stderr.extend_from_slice(&b),
+            ChannelEvent::Exit(s) => return Ok(s),
+            ChannelEvent::Idle => {}
+        }
+    }
+}

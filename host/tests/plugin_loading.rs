@@ -1,0 +1,159 @@
+//! The plugin loader against real libraries the test builds: an incompatible
+//! plugin-API version, a different ABI layout, a library that is not a
+//! plugin, a plugin that panics, an empty plugin path, and shadowing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn target_dir() -> PathBuf {
+    // target/debug/deps/plugin_loading-… → target/debug
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_cultivate"));
+    exe.parent().unwrap().to_path_buf()
+}
+
+/// Builds the fixture libraries and the local transport once.
+fn built() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet"])
+            .args(["-p", "cultivate-fixture-bad-api", "-p", "cultivate-fixture-bad-layout"])
+            .args(["-p", "cultivate-fixture-not-a-plugin", "-p", "cultivate-fixture-panicky"])
+            .args(["-p", "cultivate-plugin-local"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the fixture libraries failed");
+        target_dir()
+    })
+}
+
+/// A plugin directory holding the given libraries, each under a plugin file name.
+fn plugin_dir(libs: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (built_name, plugin_name) in libs {
+        let from = built().join(format!("lib{built_name}.so"));
+        std::fs::copy(&from, dir.path().join(format!("libcultivate_plugin_{plugin_name}.so")))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    }
+    dir
+}
+
+fn cultivate(path: &[&Path], args: &[&str]) -> Output {
+    let joined = std::env::join_paths(path).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_cultivate"))
+        .args(args)
+        .env("CULTIVATE_PLUGIN_PATH", joined)
+        .env("CULTIVATE_NO_DEFAULT_PLUGINS", "1")
+        .env("CULTIVATE_LOG_DIR", std::env::temp_dir().join("cultivate-test-logs"))
+        .env_remove("CULTIVATE_CONFIG")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn list_json(path: &[&Path]) -> serde_json::Value {
+    let out = cultivate(path, &["plugins", "list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn failure_for<'a>(v: &'a serde_json::Value, file: &str) -> &'a str {
+    v["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"].as_str().unwrap().ends_with(file))
+        .unwrap_or_else(|| panic!("no failure recorded for {file}: {v}"))["reason"]
+        .as_str()
+        .unwrap()
+}
+
+#[test]
+fn incompatible_api_version_is_refused_in_one_line_and_others_load() {
+    let dir = plugin_dir(&[("cultivate_fixture_bad_api", "bad_api"), ("cultivate_plugin_local", "local")]);
+    let v = list_json(&[dir.path()]);
+    let reason = failure_for(&v, "libcultivate_plugin_bad_api.so");
+    assert!(reason.contains("2.0.0") && reason.contains("1.0.0"), "{reason}");
+    assert!(!reason.contains('\n'), "reason must be one line: {reason}");
+    let names: Vec<_> = v["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["local"]);
+}
+
+#[test]
+fn different_abi_layout_is_refused_in_one_line() {
+    let dir = plugin_dir(&[("cultivate_fixture_bad_layout", "bad_layout"), ("cultivate_plugin_local", "local")]);
+    let v = list_json(&[dir.path()]);
+    let reason = failure_for(&v, "libcultivate_plugin_bad_layout.so");
+    assert!(reason.contains("layout"), "{reason}");
+    assert!(!reason.contains('\n') && reason.len() < 300, "reason must be one short line: {reason}");
+}
+
+#[test]
+fn library_that_is_not_a_plugin_is_refused() {
+    let dir = plugin_dir(&[("cultivate_fixture_not_a_plugin", "bogus"), ("cultivate_plugin_local", "local")]);
+    let v = list_json(&[dir.path()]);
+    assert_eq!(
+        failure_for(&v, "libcultivate_plugin_bogus.so"),
+        "not a cultivate plugin (no plugin root module exported)"
+    );
+    // The human table names it on one line too.
+    let out = cultivate(&[dir.path()], &["plugins", "list"]);
+    let shown = text(&out);
+    assert!(
+        shown.lines().any(|l| l.contains("libcultivate_plugin_bogus.so") && l.contains("not a cultivate plugin")),
+        "{shown}"
+    );
+}
+
+#[test]
+fn panicking_plugin_returns_an_error_and_the_host_carries_on() {
+    let dir = plugin_dir(&[("cultivate_fixture_panicky", "panicky"), ("cultivate_plugin_local", "local")]);
+    let out = cultivate(&[dir.path()], &["plugins", "list", "--target", "local", "--json"]);
+    assert!(out.status.success(), "the host must survive the panic: {}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let panicky = v["plugins"].as_array().unwrap().iter().find(|p| p["name"] == "panicky").unwrap();
+    assert_eq!(panicky["probe"]["available"], false);
+    let reason = panicky["probe"]["reason"].as_str().unwrap();
+    assert!(reason.contains("panicked") && reason.contains("exploded on purpose"), "{reason}");
+    assert_eq!(v["target"]["transport"], "local");
+}
+
+#[test]
+fn empty_plugin_path_gives_a_helpful_message() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = cultivate(&[empty.path()], &["plugins", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let shown = text(&out);
+    assert!(shown.contains("no cultivate plugins found"), "{shown}");
+    assert!(shown.contains(&empty.path().display().to_string()), "{shown}");
+    assert!(shown.contains("hint:") && shown.contains("CULTIVATE_PLUGIN_PATH"), "{shown}");
+}
+
+#[test]
+fn first_plugin_of_a_name_wins_and_the_duplicate_is_reported() {
+    let first = plugin_dir(&[("cultivate_plugin_local", "local")]);
+    let second = plugin_dir(&[("cultivate_plugin_local", "local_copy")]);
+    let v = list_json(&[first.path(), second.path()]);
+    let plugins = v["plugins"].as_array().unwrap();
+    assert_eq!(plugins.len(), 1);
+    assert!(plugins[0]["path"].as_str().unwrap().starts_with(&first.path().display().to_string()));
+    let shadowed = &v["shadowed"][0];
+    assert_eq!(shadowed["name"], "local");
+    assert!(shadowed["path"].as_str().unwrap().ends_with("libcultivate_plugin_local_copy.so"));
+}
+
+#[test]
+fn unknown_transport_override_lists_the_installed_ones() {
+    let dir = plugin_dir(&[("cultivate_plugin_local", "local")]);
+    let out = cultivate(&[dir.path()], &["plugins", "list", "--target", "local", "--transport", "carrier-pigeon"]);
+    assert_eq!(out.status.code(), Some(2));
+    let shown = text(&out);
+    assert!(shown.contains("--transport carrier-pigeon") && shown.contains("installed transports: local"), "{shown}");
+}
