@@ -1,0 +1,344 @@
+//! Stack operations over a compose CLI: `docker compose` (v2), `docker-compose`
+//! (v1 or a standalone v2) and `finch compose` (nerdctl's compose, v2-shaped).
+//!
+//! Shared by the compose and finch plugins (finch includes this file with
+//! `#[path]`). The functions build the command lines and parse the output;
+//! the host runs the commands through the transport.
+
+use cultivate_plugin_api::ops::{
+    Empty, ServiceState, StackDownRequest, StackExecRequest, StackLogsRequest, StackRef, StackUpRequest, Text,
+};
+use cultivate_plugin_api::{ErrorKind, ExecOutput, ExecRequest, Host, PluginError};
+use serde_json::Value;
+
+/// Which compose implementation the command is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// docker-compose 1.x (Python): no JSON `ps`.
+    V1,
+    /// Compose 2.x (`docker compose` or a standalone `docker-compose` 2.x).
+    V2,
+    /// `finch compose` (nerdctl compose): v2 shapes, fewer flags.
+    Finch,
+}
+
+/// A compose CLI to drive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compose {
+    /// The argv prefix: `["docker", "compose"]`, `["docker-compose"]`, `["/opt/homebrew/bin/finch", "compose"]`.
+    pub command: Vec<String>,
+    /// What it is.
+    pub dialect: Dialect,
+    /// The engine CLI for `inspect` (`["docker"]`, `["/opt/homebrew/bin/finch"]`).
+    pub engine: Vec<String>,
+}
+
+fn check_name(what: &str, value: &str) -> Result<(), PluginError> {
+    if value.trim().is_empty() {
+        return Err(PluginError::invalid(format!("{what} must not be empty")));
+    }
+    if value.starts_with('-') {
+        return Err(PluginError::invalid(format!("{what} must not start with '-': {value}")));
+    }
+    Ok(())
+}
+
+impl Compose {
+    /// `COMMAND -p PROJECT -f FILE… [--env-file ENV]`: the prefix of every stack command.
+    pub fn base(&self, stack: &StackRef) -> Result<Vec<String>, PluginError> {
+        check_name("stack project", &stack.project)?;
+        if stack.dir.trim().is_empty() {
+            return Err(PluginError::invalid("stack directory must not be empty"));
+        }
+        let mut argv = self.command.clone();
+        argv.push("-p".into());
+        argv.push(stack.project.clone());
+        for f in &stack.files {
+            check_name("compose file", f)?;
+            argv.push("-f".into());
+            argv.push(f.clone());
+        }
+        if let Some(env) = stack.env_file.as_ref().filter(|e| !e.trim().is_empty()) {
+            argv.push("--env-file".into());
+            argv.push(env.clone());
+        }
+        Ok(argv)
+    }
+
+    /// A request for `BASE args…` run in the stack directory.
+    pub fn request(&self, stack: &StackRef, args: &[&str]) -> Result<ExecRequest, PluginError> {
+        let mut argv = self.base(stack)?;
+        argv.extend(args.iter().map(|s| s.to_string()));
+        Ok(ExecRequest::new(argv).cwd(stack.dir.clone()))
+    }
+
+    /// The `up` command: `up -d --remove-orphans [--force-recreate] [-t N]`.
+    /// Never `--wait` (v2 only): the host polls health itself.
+    pub fn up_request(&self, req: &StackUpRequest) -> Result<ExecRequest, PluginError> {
+        let mut args = vec!["up".to_string(), "-d".into(), "--remove-orphans".into()];
+        if req.force_recreate {
+            args.push("--force-recreate".into());
+        }
+        if let (Some(t), false) = (req.timeout_secs, self.dialect == Dialect::Finch) {
+            args.push("-t".into());
+            args.push(t.to_string());
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.request(&req.stack, &refs)
+    }
+
+    /// The `down` command: `down --remove-orphans`, plus `-v` only when asked.
+    pub fn down_request(&self, req: &StackDownRequest) -> Result<ExecRequest, PluginError> {
+        let mut args = vec!["down", "--remove-orphans"];
+        if req.remove_volumes {
+            args.push("-v");
+        }
+        self.request(&req.stack, &args)
+    }
+
+    /// `compose up`.
+    pub fn up(&self, host: &Host, req: &StackUpRequest) -> Result<Empty, PluginError> {
+        let r = self.up_request(req)?;
+        let what = r.display();
+        host.exec(&r)?.check(&what)?;
+        Ok(Empty {})
+    }
+
+    /// `compose down` (volumes kept unless `remove_volumes`).
+    pub fn down(&self, host: &Host, req: &StackDownRequest) -> Result<Empty, PluginError> {
+        let r = self.down_request(req)?;
+        let what = r.display();
+        host.exec(&r)?.check(&what)?;
+        Ok(Empty {})
+    }
+
+    /// The `logs` command.
+    pub fn logs_request(&self, req: &StackLogsRequest) -> Result<ExecRequest, PluginError> {
+        let mut args = vec!["logs".to_string(), "--no-color".into()];
+        if let Some(n) = req.tail {
+            args.push("--tail".into());
+            args.push(n.to_string());
+        }
+        for s in &req.services {
+            check_name("service", s)?;
+            args.push(s.clone());
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.request(&req.stack, &refs)
+    }
+
+    /// `compose logs` (stdout; stderr is appended when there is any).
+    pub fn logs(&self, host: &Host, req: &StackLogsRequest) -> Result<Text, PluginError> {
+        let r = self.logs_request(req)?;
+        let what = r.display();
+        let out = host.exec(&r)?.check(&what)?;
+        let mut text = out.stdout;
+        if !out.stderr.trim().is_empty() {
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str(&out.stderr);
+        }
+        Ok(Text { text })
+    }
+
+    /// `compose config`: the resolved configuration. It fails on an invalid
+    /// file or `.env`; warnings (unset variables) are logged.
+    pub fn config(&self, host: &Host, stack: &StackRef) -> Result<Text, PluginError> {
+        let r = self.request(stack, &["config"])?;
+        let what = r.display();
+        let out = host.exec(&r)?.check(&what)?;
+        for line in out.stderr.lines().filter(|l| !l.trim().is_empty()) {
+            host.warn(line.trim());
+        }
+        Ok(Text { text: out.stdout })
+    }
+
+    /// The `exec -T SERVICE argv…` command.
+    pub fn exec_request(&self, req: &StackExecRequest) -> Result<ExecRequest, PluginError> {
+        check_name("service", &req.service)?;
+        if req.argv.is_empty() {
+            return Err(PluginError::invalid("stack.exec needs a command"));
+        }
+        let mut args = vec!["exec".to_string(), "-T".into(), req.service.clone()];
+        args.extend(req.argv.iter().cloned());
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.request(&req.stack, &refs)
+    }
+
+    /// Runs a command in a service's container; its output and status are returned as they are.
+    pub fn exec(&self, host: &Host, req: &StackExecRequest) -> Result<ExecOutput, PluginError> {
+        host.exec(&self.exec_request(req)?)
+    }
+
+    /// Containers of the stack (stopped ones too) with state, health, exit code,
+    /// image and the last failing health-check output.
+    pub fn ps(&self, host: &Host, stack: &StackRef) -> Result<Vec<ServiceState>, PluginError> {
+        match self.dialect {
+            Dialect::V1 => {
+                let r = self.request(stack, &["ps", "-q"])?;
+                let what = r.display();
+                let out = host.exec(&r)?.check(&what)?;
+                let ids: Vec<&str> = out.stdout.split_whitespace().collect();
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut states = self.inspect(host, &ids)?;
+                states.sort_by(|a, b| (&a.service, &a.container).cmp(&(&b.service, &b.container)));
+                Ok(states)
+            }
+            Dialect::V2 | Dialect::Finch => {
+                let r = self.request(stack, &["ps", "-a", "--format", "json"])?;
+                let what = r.display();
+                let out = host.exec(&r)?.check(&what)?;
+                let mut states = parse_ps_json(&out.stdout)?;
+                let failing: Vec<&str> = states
+                    .iter()
+                    .filter(|s| matches!(s.health.as_deref(), Some("unhealthy") | Some("starting")))
+                    .map(|s| s.container.as_str())
+                    .collect();
+                if !failing.is_empty() {
+                    let detailed = self.inspect(host, &failing)?;
+                    for s in states.iter_mut() {
+                        if let Some(d) = detailed.iter().find(|d| d.container == s.container) {
+                            s.health_log = d.health_log.clone();
+                        }
+                    }
+                }
+                states.sort_by(|a, b| (&a.service, &a.container).cmp(&(&b.service, &b.container)));
+                Ok(states)
+            }
+        }
+    }
+
+    /// `ENGINE inspect ID…` parsed into service states. Containers that vanished
+    /// in between are left out.
+    fn inspect(&self, host: &Host, ids: &[&str]) -> Result<Vec<ServiceState>, PluginError> {
+        let mut argv = self.engine.clone();
+        argv.push("inspect".into());
+        argv.extend(ids.iter().map(|s| s.to_string()));
+        let out = host.run(&argv)?;
+        if !out.success() && out.stdout.trim().trim_matches(|c| c == '[' || c == ']').trim().is_empty() {
+            let what = cultivate_plugin_api::shell::join(&argv);
+            let all_gone = out.stderr.to_ascii_lowercase().contains("no such");
+            if all_gone {
+                return Ok(Vec::new());
+            }
+            return Err(PluginError::new(
+                ErrorKind::CommandFailed,
+                format!("{what} exited with status {}: {}", out.status, out.stderr.trim()),
+            ));
+        }
+        parse_container_inspect(&out.stdout)
+    }
+}
+
+fn str_field<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a str> {
+    keys.iter().find_map(|k| v.get(*k).and_then(Value::as_str)).map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn int_field(v: &Value, key: &str) -> Option<i64> {
+    match v.get(key)? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Parses `compose ps -a --format json` of Compose 2.x or nerdctl: either one
+/// JSON array (up to 2.20) or one JSON object per line (2.21 and later).
+pub fn parse_ps_json(stdout: &str) -> Result<Vec<ServiceState>, PluginError> {
+    let trimmed = stdout.trim();
+    if trimmed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let objects: Vec<Value> = match serde_json::from_str::<Value>(trimmed) {
+        Ok(Value::Array(a)) => a,
+        Ok(v @ Value::Object(_)) => vec![v],
+        _ => {
+            let mut objs = Vec::new();
+            for line in trimmed.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                match serde_json::from_str::<Value>(line) {
+                    Ok(Value::Array(a)) => objs.extend(a),
+                    Ok(v @ Value::Object(_)) => objs.push(v),
+                    _ => {
+                        return Err(PluginError::other(format!(
+                            "cannot parse `compose ps --format json` output: {}",
+                            line.chars().take(200).collect::<String>()
+                        )))
+                    }
+                }
+            }
+            objs
+        }
+    };
+    Ok(objects.iter().filter(|v| v.is_object()).map(ps_entry).collect())
+}
+
+fn ps_entry(v: &Value) -> ServiceState {
+    let state = str_field(v, &["State"]).unwrap_or("").to_ascii_lowercase();
+    let mut health = str_field(v, &["Health"]).map(str::to_ascii_lowercase);
+    if health.is_none() {
+        // Some versions only say it in the status text: "Up 2 minutes (healthy)".
+        let status = str_field(v, &["Status"]).unwrap_or("").to_ascii_lowercase();
+        for h in ["unhealthy", "healthy", "health: starting"] {
+            if status.contains(&format!("({h})")) {
+                health = Some(h.trim_start_matches("health: ").to_string());
+                break;
+            }
+        }
+    }
+    let exited = matches!(state.as_str(), "exited" | "dead");
+    ServiceState {
+        service: str_field(v, &["Service"]).unwrap_or("").to_string(),
+        container: str_field(v, &["Name", "Names", "ID"]).unwrap_or("").to_string(),
+        exit_code: if exited { int_field(v, "ExitCode").map(|c| c as i32) } else { None },
+        state,
+        health,
+        image: str_field(v, &["Image"]).unwrap_or("").to_string(),
+        health_log: None,
+    }
+}
+
+/// Parses `docker inspect CONTAINER…` (a JSON array) into service states:
+/// service from the `com.docker.compose.service` label, state, health, exit
+/// code, image, and the last health-check output when it failed.
+pub fn parse_container_inspect(stdout: &str) -> Result<Vec<ServiceState>, PluginError> {
+    let trimmed = stdout.trim();
+    if trimmed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let arr = match serde_json::from_str::<Value>(trimmed) {
+        Ok(Value::Array(a)) => a,
+        Ok(v @ Value::Object(_)) => vec![v],
+        Ok(_) => return Err(PluginError::other("unexpected `inspect` output: not a JSON array")),
+        Err(e) => return Err(PluginError::other(format!("cannot parse `inspect` output: {e}"))),
+    };
+    Ok(arr.iter().filter(|v| v.is_object()).map(inspect_entry).collect())
+}
+
+fn inspect_entry(v: &Value) -> ServiceState {
+    let null = Value::Null;
+    let state = v.get("State").unwrap_or(&null);
+    let config = v.get("Config").unwrap_or(&null);
+    let labels = config.get("Labels").unwrap_or(&null);
+    let name = str_field(v, &["Name"]).unwrap_or("").trim_start_matches('/').to_string();
+    let id = str_field(v, &["Id", "ID"]).unwrap_or("");
+    let status = str_field(state, &["Status"]).unwrap_or("").to_ascii_lowercase();
+    let health_obj = state.get("Health").filter(|h| h.is_object());
+    let health = health_obj.and_then(|h| str_field(h, &["Status"])).map(str::to_ascii_lowercase);
+    let last = health_obj.and_then(|h| h.get("Log")).and_then(Value::as_array).and_then(|l| l.last());
+    let health_log = last
+        .filter(|e| int_field(e, "ExitCode").unwrap_or(0) != 0)
+        .map(|e| str_field(e, &["Output"]).unwrap_or("").to_string());
+    let exited = matches!(status.as_str(), "exited" | "dead");
+    ServiceState {
+        service: str_field(labels, &["com.docker.compose.service"]).unwrap_or(&name).to_string(),
+        container: if name.is_empty() { id.to_string() } else { name },
+        exit_code: if exited { int_field(state, "ExitCode").map(|c| c as i32) } else { None },
+        state: status,
+        health,
+        image: str_field(config, &["Image"]).or_else(|| str_field(v, &["Image"])).unwrap_or("").to_string(),
+        health_log,
+    }
+}

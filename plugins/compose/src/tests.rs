@@ -1,0 +1,527 @@
+use cultivate_plugin_api::fake::FakeHost;
+use cultivate_plugin_api::ops::{
+    ServiceState, StackDownRequest, StackExecRequest, StackLogsRequest, StackRef, StackUpRequest,
+};
+use cultivate_plugin_api::PluginError;
+use proptest::prelude::*;
+
+use super::*;
+
+/// `docker inspect` of the containers of `tests/fixtures/fixture-stack.yml`,
+/// brought up with docker-compose 1.29.2 on Docker 20.10.24 (this machine).
+const INSPECT_V1: &str = include_str!("../tests/fixtures/docker-inspect-compose-v1.json");
+/// `docker compose ps -a --format json` of Compose 2.26 (one object per line).
+const PS_V2_26: &str = include_str!("../tests/fixtures/compose-v2.26-ps.jsonl");
+/// The same of Compose 2.10 (one JSON array).
+const PS_V2_10: &str = include_str!("../tests/fixtures/compose-v2.10-ps.json");
+const V1_IDS: &str = "df359956ac2de0f11ad316a2d04680835446a39bbe984454a2c1b578b93a8b72
+10a57800911f2bd1ad9a0f2b4103610ad13e657bef089e52359bee673d1990e1
+5189bd90c4e7d0ae03f1af6be8e3cf4a049137db708ea2d2fbe72e88baddad61
+d80fe90c2853b6e03e736ca1302ebf60b54095a3ae69b29529434043749efb7d
+";
+
+fn v1_host() -> FakeHost {
+    FakeHost::new()
+        .fail("docker compose", 125, "unknown flag: --short")
+        .ok("docker-compose version --short", "1.29.2\n")
+}
+
+fn v2_host() -> FakeHost {
+    FakeHost::new().ok("docker compose version --short", "2.26.1\n").ok("docker-compose version --short", "1.29.2\n")
+}
+
+fn stack() -> StackRef {
+    StackRef {
+        project: "cultivate".into(),
+        dir: "/home/deploy/cultivate/current".into(),
+        files: vec!["docker-compose.yml".into()],
+        env_file: Some(".env".into()),
+    }
+}
+
+const CD: &str = "cd /home/deploy/cultivate/current && ";
+
+fn call<O: Operation>(fake: &FakeHost, req: &O::Request) -> Result<O::Response, PluginError> {
+    let out = ComposePlugin.call(&fake.host(), O::NAME, &serde_json::to_string(req).unwrap())?;
+    Ok(serde_json::from_str(&out).unwrap())
+}
+
+fn last(fake: &FakeHost) -> String {
+    fake.commands().last().cloned().unwrap()
+}
+
+fn debian() -> TargetInfo {
+    TargetInfo {
+        os: "Linux".into(),
+        os_release: [("ID".to_string(), "debian".to_string())].into_iter().collect(),
+        ..TargetInfo::default()
+    }
+}
+
+#[test]
+fn manifest() {
+    let m = ComposePlugin.manifest();
+    assert_eq!(m.name, "docker-compose");
+    assert_eq!(m.capabilities, vec![Capability::Stack]);
+    assert_eq!(m.target_os, vec!["linux"]);
+    assert_eq!(m.priority, 50);
+    for op in OPERATIONS {
+        assert!(m.implements(op));
+    }
+    assert!(!m.implements("image.inspect"));
+}
+
+// ---------------------------------------------------------------- probe
+
+#[test]
+fn probe_prefers_v2_over_v1() {
+    let fake = v2_host();
+    let p = ComposePlugin.probe(&fake.host(), &debian()).unwrap();
+    assert!(p.available);
+    assert_eq!(p.version.as_deref(), Some("2.26.1"));
+    assert_eq!(p.details["flavour"], "v2");
+    assert_eq!(p.details["command"], "docker compose");
+    assert_eq!(fake.commands(), vec!["docker compose version --short"], "v1 not even asked");
+}
+
+#[test]
+fn probe_finds_v1_when_v2_is_missing() {
+    let fake = v1_host();
+    let p = ComposePlugin.probe(&fake.host(), &debian()).unwrap();
+    assert!(p.available, "{p:?}");
+    assert_eq!(p.version.as_deref(), Some("1.29.2"));
+    assert_eq!(p.details["flavour"], "v1");
+    assert_eq!(p.details["command"], "docker-compose");
+    assert!(p.score < probe_compose(&v2_host().host()).unwrap().score, "v2 scores higher");
+}
+
+#[test]
+fn probe_parses_long_v1_output_when_short_fails() {
+    let fake = FakeHost::new()
+        .fail("docker compose", 1, "docker: 'compose' is not a docker command.")
+        .fail("docker-compose version --short", 1, "No such option: --short")
+        .ok(
+            "docker-compose version",
+            "docker-compose version 1.29.2, build unknown\ndocker-py version: 5.0.3\nCPython version: 3.11.2\n",
+        );
+    let p = ComposePlugin.probe(&fake.host(), &debian()).unwrap();
+    assert!(p.available);
+    assert_eq!(p.version.as_deref(), Some("1.29.2"));
+}
+
+#[test]
+fn standalone_docker_compose_v2_is_v2() {
+    // Debian trixie: `docker-compose` is Compose 2.26 too
+    let fake = FakeHost::new()
+        .fail("docker compose", 1, "not a docker command")
+        .ok("docker-compose version --short", "2.26.1\n");
+    let p = ComposePlugin.probe(&fake.host(), &debian()).unwrap();
+    assert_eq!(p.details["flavour"], "v2");
+    assert_eq!(p.details["command"], "docker-compose");
+}
+
+#[test]
+fn probe_without_compose_is_unavailable() {
+    let fake = FakeHost::new().fail("docker", 127, "sh: docker: not found");
+    let p = ComposePlugin.probe(&fake.host(), &debian()).unwrap();
+    assert!(!p.available);
+    assert!(p.reason.unwrap().contains("Docker Compose not found"));
+}
+
+#[test]
+fn probe_with_spawn_errors_is_unavailable() {
+    let fake = FakeHost::new().answer("docker", Err(PluginError::new(ErrorKind::Io, "No such file or directory")));
+    let p = ComposePlugin.probe(&fake.host(), &debian()).unwrap();
+    assert!(!p.available);
+}
+
+#[test]
+fn probe_refuses_old_v1_naming_versions() {
+    let fake = FakeHost::new().fail("docker compose", 1, "").ok("docker-compose version --short", "1.25.0\n");
+    let p = ComposePlugin.probe(&fake.host(), &debian()).unwrap();
+    assert!(!p.available);
+    let r = p.reason.unwrap();
+    assert!(r.contains("1.25.0") && r.contains(MIN_COMPOSE_V1) && r.contains(MIN_COMPOSE_V2), "{r}");
+}
+
+#[test]
+fn version_words() {
+    assert_eq!(parse_compose_version("1.29.2\n").as_deref(), Some("1.29.2"));
+    assert_eq!(parse_compose_version("v2.0.1").as_deref(), Some("2.0.1"));
+    assert_eq!(parse_compose_version("Docker Compose version v2.26.1").as_deref(), Some("2.26.1"));
+    assert_eq!(parse_compose_version("docker-compose version 1.29.2, build unknown").as_deref(), Some("1.29.2"));
+    assert_eq!(parse_compose_version("garbage"), None);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// P19 for v1: accepted iff >= 1.29.0; a refusal names the version found and the minimums.
+    #[test]
+    fn p19_compose_v1_minimum(minor in 0u64..40, patch in 0u64..10) {
+        let found = format!("1.{minor}.{patch}");
+        let fake = FakeHost::new().fail("docker compose", 1, "").ok("docker-compose version --short", &found);
+        let p = ComposePlugin.probe(&fake.host(), &debian()).unwrap();
+        let ok = semver::Version::new(1, minor, patch) >= semver::Version::parse(MIN_COMPOSE_V1).unwrap();
+        prop_assert_eq!(p.available, ok);
+        if !ok {
+            let r = p.reason.unwrap();
+            prop_assert!(r.contains(&found) && r.contains(MIN_COMPOSE_V1), "{}", r);
+        }
+    }
+
+    /// P19 over any version triple: accepted iff >= the minimum of the flavour its major means.
+    #[test]
+    fn p19_compose_any_version(major in 0u64..4, minor in 0u64..40, patch in 0u64..10, v2 in any::<bool>()) {
+        let found = format!("{major}.{minor}.{patch}");
+        let fake = if v2 {
+            FakeHost::new().ok("docker compose version --short", &found)
+        } else {
+            FakeHost::new().fail("docker compose", 1, "").ok("docker-compose version --short", &found)
+        };
+        let p = ComposePlugin.probe(&fake.host(), &debian()).unwrap();
+        let v = semver::Version::new(major, minor, patch);
+        let is_v2 = v2 || major >= 2;
+        let min = if is_v2 { MIN_COMPOSE_V2 } else { MIN_COMPOSE_V1 };
+        prop_assert_eq!(p.available, v >= semver::Version::parse(min).unwrap());
+        prop_assert_eq!(&p.details["flavour"], if is_v2 { "v2" } else { "v1" });
+        if !p.available {
+            let r = p.reason.unwrap();
+            prop_assert!(r.contains(&found) && r.contains(min), "{}", r);
+        }
+    }
+
+    #[test]
+    fn parsers_never_panic(s in ".{0,300}") {
+        let _ = stack::parse_ps_json(&s);
+        let _ = stack::parse_container_inspect(&s);
+        let _ = parse_compose_version(&s);
+    }
+
+    #[test]
+    fn json_shaped_input_never_panics(s in r#"[\[\]{}":,0-9a-zA-Z .\-\n]{0,200}"#) {
+        let _ = stack::parse_ps_json(&s);
+        let _ = stack::parse_container_inspect(&s);
+    }
+
+    #[test]
+    fn ps_never_panics_on_any_output(out in ".{0,300}", status in 0i32..3) {
+        let fake = v2_host().answer("cd /", Ok(ExecOutput { status, stdout: out.clone(), stderr: String::new() }))
+            .answer("docker inspect", Ok(ExecOutput { status, stdout: out, stderr: String::new() }));
+        let _ = call::<ops::StackPs>(&fake, &stack());
+    }
+}
+
+// ---------------------------------------------------------------- stack ops
+
+#[test]
+fn up_v1_command() {
+    let fake = v1_host().ok("cd ", "");
+    call::<ops::StackUp>(&fake, &StackUpRequest { stack: stack(), force_recreate: false, timeout_secs: None }).unwrap();
+    assert_eq!(
+        last(&fake),
+        format!("{CD}docker-compose -p cultivate -f docker-compose.yml --env-file .env up -d --remove-orphans")
+    );
+}
+
+#[test]
+fn up_v2_command_with_recreate_and_timeout() {
+    let fake = v2_host().ok("cd ", "");
+    let s = StackRef { files: vec!["docker-compose.yml".into(), "override.yml".into()], ..stack() };
+    call::<ops::StackUp>(&fake, &StackUpRequest { stack: s, force_recreate: true, timeout_secs: Some(20) }).unwrap();
+    let cmd = last(&fake);
+    assert_eq!(
+        cmd,
+        format!(
+            "{CD}docker compose -p cultivate -f docker-compose.yml -f override.yml --env-file .env \
+             up -d --remove-orphans --force-recreate -t 20"
+        )
+    );
+    assert!(!cmd.contains("--wait"));
+}
+
+#[test]
+fn up_without_env_file_omits_the_flag() {
+    let fake = v1_host().ok("cd ", "");
+    let s = StackRef { env_file: None, ..stack() };
+    call::<ops::StackUp>(&fake, &StackUpRequest { stack: s, ..Default::default() }).unwrap();
+    assert!(!last(&fake).contains("--env-file"));
+}
+
+#[test]
+fn up_failure_carries_compose_stderr() {
+    let fake = v1_host().fail("cd ", 1, "ERROR: for backend  Container \"x\" is unhealthy.");
+    let err = call::<ops::StackUp>(&fake, &StackUpRequest { stack: stack(), ..Default::default() }).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::CommandFailed);
+    assert!(err.message.contains("is unhealthy"));
+}
+
+#[test]
+fn ops_fail_clearly_without_compose() {
+    let fake = FakeHost::new();
+    let err = call::<ops::StackUp>(&fake, &StackUpRequest { stack: stack(), ..Default::default() }).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotAvailable);
+}
+
+#[test]
+fn invalid_stack_refs_are_refused() {
+    let fake = v2_host().ok("cd ", "");
+    for s in [
+        StackRef { project: "".into(), ..stack() },
+        StackRef { dir: "".into(), ..stack() },
+        StackRef { files: vec!["-v".into()], ..stack() },
+    ] {
+        let err = call::<ops::StackUp>(&fake, &StackUpRequest { stack: s, ..Default::default() }).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidRequest);
+    }
+}
+
+#[test]
+fn down_keeps_volumes_unless_asked() {
+    let fake = v1_host().ok("cd ", "");
+    call::<ops::StackDown>(&fake, &StackDownRequest { stack: stack(), remove_volumes: false }).unwrap();
+    let cmd = last(&fake);
+    assert_eq!(
+        cmd,
+        format!("{CD}docker-compose -p cultivate -f docker-compose.yml --env-file .env down --remove-orphans")
+    );
+    assert!(!cmd.split(' ').any(|w| w == "-v" || w == "--volumes"));
+    call::<ops::StackDown>(&fake, &StackDownRequest { stack: stack(), remove_volumes: true }).unwrap();
+    assert!(last(&fake).ends_with(" down --remove-orphans -v"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+    /// No stack operation other than an explicit `remove_volumes` down ever asks to delete volumes.
+    #[test]
+    fn volumes_only_removed_on_request(project in "[a-z][a-z0-9_-]{0,12}", recreate in any::<bool>(), v2 in any::<bool>()) {
+        let fake = if v2 { v2_host() } else { v1_host() }.ok("cd ", "");
+        let s = StackRef { project, ..stack() };
+        call::<ops::StackUp>(&fake, &StackUpRequest { stack: s.clone(), force_recreate: recreate, timeout_secs: None }).unwrap();
+        call::<ops::StackDown>(&fake, &StackDownRequest { stack: s, remove_volumes: false }).unwrap();
+        for c in fake.commands() {
+            prop_assert!(!c.split(' ').any(|w| w == "-v" || w == "--volumes"), "{}", c);
+        }
+    }
+}
+
+#[test]
+fn ps_v1_uses_ps_q_and_docker_inspect() {
+    let fake = v1_host().ok("cd ", V1_IDS).ok("docker inspect", INSPECT_V1);
+    let states = call::<ops::StackPs>(&fake, &stack()).unwrap();
+    let cmds = fake.commands();
+    assert_eq!(
+        cmds[cmds.len() - 2],
+        format!("{CD}docker-compose -p cultivate -f docker-compose.yml --env-file .env ps -q")
+    );
+    assert!(cmds[cmds.len() - 1].starts_with("docker inspect df359956ac2d"));
+    assert_eq!(states.len(), 4);
+    let by = |svc: &str| states.iter().find(|s| s.service == svc).unwrap().clone();
+    assert_eq!(
+        by("bad"),
+        ServiceState {
+            service: "bad".into(),
+            container: "cultfx_bad_1".into(),
+            state: "running".into(),
+            health: Some("unhealthy".into()),
+            exit_code: None,
+            image: "cultivate/debian:bookworm".into(),
+            health_log: Some("not ready".into()),
+        }
+    );
+    let good = by("good");
+    assert_eq!(good.health.as_deref(), Some("healthy"));
+    assert_eq!(good.health_log, None);
+    let plain = by("plain");
+    assert_eq!(plain.health, None);
+    assert_eq!(plain.state, "running");
+    let quitter = by("quitter");
+    assert_eq!(quitter.state, "exited");
+    assert_eq!(quitter.exit_code, Some(3));
+}
+
+#[test]
+fn ps_v1_with_no_containers_is_empty() {
+    let fake = v1_host().ok("cd ", "\n");
+    assert!(call::<ops::StackPs>(&fake, &stack()).unwrap().is_empty());
+    assert!(!fake.commands().iter().any(|c| c.starts_with("docker inspect")));
+}
+
+#[test]
+fn ps_v2_ndjson_of_2_26_with_health_log_of_failing_ones() {
+    let unhealthy_inspect = r#"[{"Id":"5d2e9f0a1b3c","Name":"/cultivate-backend-1",
+        "State":{"Status":"running","ExitCode":0,"Health":{"Status":"unhealthy","FailingStreak":3,
+        "Log":[{"ExitCode":0,"Output":"ok"},{"ExitCode":1,"Output":"curl: (7) Failed to connect to localhost port 3000\n"}]}},
+        "Config":{"Image":"cultivate-backend:1.2.0","Labels":{"com.docker.compose.service":"backend"}}}]"#;
+    let fake = v2_host().ok("cd ", PS_V2_26).ok("docker inspect", unhealthy_inspect);
+    let states = call::<ops::StackPs>(&fake, &stack()).unwrap();
+    assert_eq!(last(&fake), "docker inspect cultivate-backend-1", "only the failing one is inspected");
+    assert!(fake.commands().iter().any(|c| c.ends_with("--env-file .env ps -a --format json")));
+    assert_eq!(states.len(), 3);
+    assert_eq!(states[0].service, "backend");
+    assert_eq!(states[0].health.as_deref(), Some("unhealthy"));
+    assert_eq!(states[0].health_log.as_deref(), Some("curl: (7) Failed to connect to localhost port 3000"));
+    assert_eq!(states[1].service, "database");
+    assert_eq!(states[1].health.as_deref(), Some("healthy"));
+    assert_eq!(states[1].image, "cultivate-database:1.2.0");
+    assert_eq!(states[1].exit_code, None);
+    assert_eq!(states[2].service, "frontend");
+    assert_eq!(states[2].state, "exited");
+    assert_eq!(states[2].exit_code, Some(1));
+    assert_eq!(states[2].health, None);
+}
+
+#[test]
+fn ps_v2_array_of_older_versions() {
+    let states = stack::parse_ps_json(PS_V2_10).unwrap();
+    assert_eq!(states.len(), 2);
+    assert_eq!(states[0].health.as_deref(), Some("starting"));
+    assert_eq!(states[0].container, "cultivate-database-1");
+    assert_eq!(states[1].exit_code, Some(137));
+    assert_eq!(states[1].image, "");
+    assert!(stack::parse_ps_json("[]").unwrap().is_empty());
+    assert!(stack::parse_ps_json("").unwrap().is_empty());
+    assert!(stack::parse_ps_json("not json").is_err());
+}
+
+#[test]
+fn ps_v2_health_from_status_text_when_field_missing() {
+    let s = stack::parse_ps_json(
+        r#"{"Name":"a-1","Service":"a","State":"running","Status":"Up 3 seconds (health: starting)"}"#,
+    )
+    .unwrap();
+    assert_eq!(s[0].health.as_deref(), Some("starting"));
+}
+
+#[test]
+fn ps_inspect_failure_is_an_error_unless_containers_vanished() {
+    let fake = v1_host().ok("cd ", V1_IDS).fail("docker inspect", 1, "Error: No such object: df35");
+    assert!(call::<ops::StackPs>(&fake, &stack()).unwrap().is_empty());
+    let fake = v1_host().ok("cd ", V1_IDS).fail("docker inspect", 1, "Cannot connect to the Docker daemon");
+    assert_eq!(call::<ops::StackPs>(&fake, &stack()).unwrap_err().kind, ErrorKind::CommandFailed);
+}
+
+#[test]
+fn logs_command() {
+    let fake = v2_host().ok("cd ", "backend-1  | listening\n");
+    let text = call::<ops::StackLogs>(
+        &fake,
+        &StackLogsRequest { stack: stack(), services: vec!["backend".into()], tail: Some(200) },
+    )
+    .unwrap();
+    assert_eq!(text.text, "backend-1  | listening\n");
+    assert_eq!(
+        last(&fake),
+        format!(
+            "{CD}docker compose -p cultivate -f docker-compose.yml --env-file .env logs --no-color --tail 200 backend"
+        )
+    );
+    call::<ops::StackLogs>(&fake, &StackLogsRequest { stack: stack(), services: vec![], tail: None }).unwrap();
+    assert!(last(&fake).ends_with("logs --no-color"));
+}
+
+#[test]
+fn config_validates_and_logs_warnings() {
+    let fake = v1_host().answer(
+        "cd ",
+        Ok(ExecOutput {
+            status: 0,
+            stdout: "services:\n  backend: {}\n".into(),
+            stderr: "WARNING: The DB_NAME variable is not set. Defaulting to a blank string.\n".into(),
+        }),
+    );
+    let text = call::<ops::StackConfig>(&fake, &stack()).unwrap();
+    assert!(text.text.starts_with("services:"));
+    assert!(last(&fake).ends_with("--env-file .env config"));
+    assert!(fake.logs.lock().unwrap().iter().any(|(_, _, m)| m.contains("DB_NAME")));
+    let bad = v1_host().fail("cd ", 1, "ERROR: The Compose file './docker-compose.yml' is invalid");
+    let err = call::<ops::StackConfig>(&bad, &stack()).unwrap_err();
+    assert!(err.message.contains("is invalid"));
+}
+
+#[test]
+fn exec_command_returns_output_as_is() {
+    let fake = v1_host().answer("cd ", Ok(ExecOutput { status: 2, stdout: "out".into(), stderr: "err".into() }));
+    let out = call::<ops::StackExec>(
+        &fake,
+        &StackExecRequest { stack: stack(), service: "database".into(), argv: vec!["pg_isready".into(), "-q".into()] },
+    )
+    .unwrap();
+    assert_eq!(out.status, 2);
+    assert_eq!(out.stdout, "out");
+    assert!(last(&fake).ends_with("--env-file .env exec -T database pg_isready -q"));
+    let err = call::<ops::StackExec>(&fake, &StackExecRequest { stack: stack(), service: "db".into(), argv: vec![] })
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidRequest);
+}
+
+#[test]
+fn every_op_detects_the_flavour_on_its_own_host() {
+    // one plugin instance, two targets: no flavour leaks from one to the other
+    let v1 = v1_host().ok("cd ", "");
+    let v2 = v2_host().ok("cd ", "");
+    let up = StackUpRequest { stack: stack(), ..Default::default() };
+    call::<ops::StackUp>(&v2, &up).unwrap();
+    call::<ops::StackUp>(&v1, &up).unwrap();
+    call::<ops::StackUp>(&v2, &up).unwrap();
+    assert!(last(&v1).contains("docker-compose -p"));
+    assert!(last(&v2).contains("docker compose -p"));
+}
+
+// ---------------------------------------------------------------- install
+
+#[test]
+fn install_on_bookworm_takes_docker_compose() {
+    let fake = FakeHost::new()
+        .ok("env DEBIAN_FRONTEND=noninteractive apt-get", "")
+        .fail("apt-cache show", 100, "E: No packages found")
+        .fail("docker compose", 1, "")
+        .ok("docker-compose version --short", "1.29.2\n");
+    let report = call::<ops::Install>(&fake, &ops::InstallRequest { target: debian() }).unwrap();
+    assert_eq!(report.version.as_deref(), Some("1.29.2"));
+    let cmds = fake.commands();
+    assert!(
+        cmds.contains(&"env DEBIAN_FRONTEND=noninteractive apt-get install -y docker-compose".to_string()),
+        "{cmds:?}"
+    );
+    assert!(cmds.contains(&"apt-cache show --no-all-versions docker-compose-plugin".to_string()));
+}
+
+#[test]
+fn install_prefers_the_v2_plugin_package_when_offered() {
+    let fake = FakeHost::new()
+        .ok("env DEBIAN_FRONTEND=noninteractive apt-get", "")
+        .fail("apt-cache show", 100, "E: No packages found")
+        .ok("apt-cache show --no-all-versions docker-compose-v2", "Package: docker-compose-v2\nVersion: 2.24.6\n")
+        .ok("docker compose version --short", "2.24.6\n");
+    let report = call::<ops::Install>(&fake, &ops::InstallRequest { target: debian() }).unwrap();
+    assert_eq!(report.version.as_deref(), Some("2.24.6"));
+    assert!(fake
+        .commands()
+        .contains(&"env DEBIAN_FRONTEND=noninteractive apt-get install -y docker-compose-v2".to_string()));
+}
+
+#[test]
+fn install_fails_when_verification_fails() {
+    let fake = FakeHost::new().ok("env DEBIAN_FRONTEND=noninteractive apt-get", "").fail("apt-cache", 100, "");
+    let err = call::<ops::Install>(&fake, &ops::InstallRequest { target: debian() }).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotAvailable);
+    assert!(err.message.contains("not usable"));
+}
+
+#[test]
+fn install_refuses_other_distributions() {
+    let target = TargetInfo {
+        os: "Linux".into(),
+        os_release: [("ID".to_string(), "alpine".to_string())].into_iter().collect(),
+        ..TargetInfo::default()
+    };
+    let fake = FakeHost::new();
+    let err = call::<ops::Install>(&fake, &ops::InstallRequest { target: target.clone() }).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NotAvailable);
+    assert!(fake.commands().is_empty());
+    let help = call::<ops::InstallHelp>(&fake, &ops::InstallRequest { target }).unwrap();
+    assert!(help.lines.iter().any(|l| l.contains("docs.docker.com/compose")));
+    let help = install_help(&debian());
+    assert!(help.lines.iter().any(|l| l.contains("apt-get install -y docker-compose")));
+}
