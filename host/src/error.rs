@@ -79,6 +79,13 @@ fn code_of_kind(kind: ErrorKind) -> Option<Code> {
 
 /// The exit code for an error: the first classified error in its chain.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
+    // anyhow finds context values anywhere in the chain, outermost first.
+    if let Some(u) = err.downcast_ref::<UserError>() {
+        return u.code as i32;
+    }
+    if let Some(code) = err.downcast_ref::<PluginError>().and_then(|p| code_of_kind(p.kind)) {
+        return code as i32;
+    }
     for cause in err.chain() {
         if let Some(u) = cause.downcast_ref::<UserError>() {
             return u.code as i32;
@@ -97,6 +104,12 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
 
 /// The hint for an error, from the first error in its chain that has one.
 pub fn hint(err: &anyhow::Error) -> Option<String> {
+    if let Some(h) = err.downcast_ref::<UserError>().and_then(|u| u.hint.clone()) {
+        return Some(h);
+    }
+    if let Some(h) = err.downcast_ref::<PluginError>().and_then(|p| p.hint.clone()) {
+        return Some(h);
+    }
     err.chain().find_map(|cause| {
         if let Some(u) = cause.downcast_ref::<UserError>() {
             return u.hint.clone();
