@@ -9,6 +9,7 @@
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -132,7 +133,16 @@ impl Sshd {
         )
         .expect("sshd_config");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(d.join("sshd.log")).expect("log");
-        let child = Command::new(SSHD)
+        let mut cmd = Command::new(SSHD);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill
+        // sshd when the test process dies, so no server outlives a test run.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
             .arg("-D")
             .arg("-e")
             .arg("-f")
@@ -244,6 +254,24 @@ impl Sshd {
         let pids = self.process_tree();
         if !pids.is_empty() {
             let _ = Command::new("kill").arg("-9").args(pids.iter().map(u32::to_string)).stderr(Stdio::null()).status();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills only the sshd processes (listener and per-connection), leaving the
+    /// commands they ran: like a cut network, each command sees EOF on stdin.
+    pub fn kill_sshd_only(&mut self) {
+        let pids: Vec<String> = self
+            .process_tree()
+            .into_iter()
+            .filter(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).map(|c| c.trim() == "sshd").unwrap_or(false))
+            .map(|p| p.to_string())
+            .collect();
+        if !pids.is_empty() {
+            let _ = Command::new("kill").arg("-9").args(&pids).stderr(Stdio::null()).status();
         }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
