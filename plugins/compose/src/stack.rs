@@ -73,13 +73,15 @@ impl Compose {
     }
 
     /// The `up` command: `up -d --remove-orphans [--force-recreate] [-t N]`.
-    /// Never `--wait` (v2 only): the host polls health itself.
+    /// Never `--wait` (v2 only): the host polls health itself. `finch compose
+    /// up` has neither `--force-recreate` nor `-t`: see [`Compose::up`].
     pub fn up_request(&self, req: &StackUpRequest) -> Result<ExecRequest, PluginError> {
         let mut args = vec!["up".to_string(), "-d".into(), "--remove-orphans".into()];
-        if req.force_recreate {
+        let finch = self.dialect == Dialect::Finch;
+        if req.force_recreate && !finch {
             args.push("--force-recreate".into());
         }
-        if let (Some(t), false) = (req.timeout_secs, self.dialect == Dialect::Finch) {
+        if let (Some(t), false) = (req.timeout_secs, finch) {
             args.push("-t".into());
             args.push(t.to_string());
         }
@@ -96,8 +98,12 @@ impl Compose {
         self.request(&req.stack, &args)
     }
 
-    /// `compose up`.
+    /// `compose up`. With `finch compose`, which cannot force a recreate, a
+    /// forced recreate is `down` (volumes kept) followed by `up`.
     pub fn up(&self, host: &Host, req: &StackUpRequest) -> Result<Empty, PluginError> {
+        if req.force_recreate && self.dialect == Dialect::Finch {
+            self.down(host, &StackDownRequest { stack: req.stack.clone(), remove_volumes: false })?;
+        }
         let r = self.up_request(req)?;
         let what = r.display();
         host.exec(&r)?.check(&what)?;
