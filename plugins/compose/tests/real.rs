@@ -283,3 +283,17 @@ volumes:
     let volumes = stdout(&format!("docker volume ls -q --filter label=com.docker.compose.project={project}"));
     assert_eq!(volumes, "", "volume removed on explicit request");
 }
+
+/// The cdylib cargo built next to this test loads through the host's loader
+/// (ABI layout and API version checked) and describes itself as expected.
+#[test]
+fn the_built_library_loads_as_a_plugin() {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let file = format!("{}cultivate_plugin_compose{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
+    let path = [deps.join(&file), deps.parent().unwrap().join(&file)].into_iter().find(|p| p.exists());
+    let path = path.unwrap_or_else(|| panic!("{file} not built next to {}", deps.display()));
+    let plugin = cultivate_plugin_api::LoadedPlugin::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(plugin.manifest().name, "docker-compose");
+    assert!(plugin.manifest().implements("stack.up"));
+}

@@ -212,3 +212,25 @@ fn docker_plugin_against_the_real_engine() {
     let back = call::<ops::ImageInspect>(&ops::ImageRefs { refs: vec![base.clone()] }).unwrap().remove(0);
     assert_eq!(back.id.as_deref(), Some(id.as_str()), "loaded image has the source's ID");
 }
+
+/// The cdylib cargo built next to this test loads through the host's loader
+/// (ABI layout and API version checked) and describes itself as expected.
+#[test]
+fn the_built_library_loads_as_a_plugin() {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let file = format!("{}cultivate_plugin_docker{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
+    let path = [deps.join(&file), deps.parent().unwrap().join(&file)].into_iter().find(|p| p.exists());
+    let path = path.unwrap_or_else(|| panic!("{file} not built next to {}", deps.display()));
+    let plugin = cultivate_plugin_api::LoadedPlugin::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(plugin.manifest().name, "docker");
+    assert!(plugin.manifest().implements("image.inspect"));
+    if engine_present() {
+        // a probe and an operation across the FFI boundary
+        let probe = plugin.probe(&host(), &target()).unwrap();
+        assert!(probe.available, "{probe:?}");
+        let infos =
+            plugin.call::<ops::ImageInspect>(&host(), &ops::ImageRefs { refs: vec!["cultivate-absent:x".into()] });
+        assert_eq!(infos.unwrap()[0].id, None);
+    }
+}

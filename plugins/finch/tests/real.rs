@@ -85,3 +85,17 @@ fn finch_plugin_on_this_linux_machine() {
         assert!(err.message.contains("brew install --cask finch"), "{}", err.message);
     }
 }
+
+/// The cdylib cargo built next to this test loads through the host's loader
+/// (ABI layout and API version checked) and describes itself as expected.
+#[test]
+fn the_built_library_loads_as_a_plugin() {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    let file = format!("{}cultivate_plugin_finch{}", std::env::consts::DLL_PREFIX, std::env::consts::DLL_SUFFIX);
+    let path = [deps.join(&file), deps.parent().unwrap().join(&file)].into_iter().find(|p| p.exists());
+    let path = path.unwrap_or_else(|| panic!("{file} not built next to {}", deps.display()));
+    let plugin = cultivate_plugin_api::LoadedPlugin::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(plugin.manifest().name, "finch");
+    assert!(plugin.manifest().implements("stack.ps"));
+}
