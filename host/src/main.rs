@@ -4,11 +4,13 @@
 //! 2. Resolve settings ([`settings`]) and run one operation ([`commands`]).
 //! 3. Map the error, if any, to an exit code in one place ([`error::exit_code`]).
 
+mod certs_check;
 mod cli;
 mod commands;
 mod error;
 mod logging;
 mod output;
+mod pipeline;
 mod plugins;
 mod redact;
 mod session;

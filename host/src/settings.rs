@@ -397,7 +397,7 @@ pub fn resolve(
     let stack_dir =
         env_of("stack_dir").or(cfg.stack_dir.clone()).map(|s| path_of(&s)).unwrap_or_else(|| base_dir.clone());
 
-    let parse_u64 = |key: &str, v: Option<String>| -> Option<Result<u64, String>> {
+    let parse_u64 = |_key: &str, v: Option<String>| -> Option<Result<u64, String>> {
         v.map(|s| s.trim().parse::<u64>().map_err(|_| format!("`{s}` is not a whole number")))
     };
 

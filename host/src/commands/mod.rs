@@ -1,11 +1,13 @@
 //! One module per subcommand; each resolves its settings and calls one operation.
 
 mod config;
+mod deploy;
 mod plugins;
+mod target;
 
 use anyhow::Result;
 
-use crate::cli::{Cli, Command, ConfigCommand, PluginsCommand};
+use crate::cli::{Cli, Command, ConfigCommand, LockCommand, PluginsCommand};
 use crate::output::Printer;
 
 /// Runs the parsed command.
@@ -24,6 +26,13 @@ pub fn run(cli: &Cli, printer: &Printer) -> Result<()> {
         }
         Command::Config(ConfigCommand::Check(args)) => config::check(printer, config, args),
         Command::Config(ConfigCommand::Init(args)) | Command::Init(args) => config::init(printer, args),
+        Command::Deploy(args) => deploy::deploy(printer, config, args),
+        Command::Rollback(args) => deploy::rollback(printer, config, args),
+        Command::Releases(args) => target::releases(printer, config, args),
+        Command::Status(args) => target::status(printer, config, args),
+        Command::Logs(args) => target::logs(printer, config, args),
+        Command::Lock(LockCommand::Status(args)) => target::lock(printer, config, args, false),
+        Command::Lock(LockCommand::Release(args)) => target::lock(printer, config, args, true),
         other => Err(anyhow::anyhow!("`{}` is not available yet", command_name(other))),
     }
 }

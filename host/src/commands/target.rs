@@ -1,0 +1,116 @@
+//! Read-only views of a target: `releases`, `status`, `logs`; and `lock`.
+
+use std::path::Path;
+
+use anyhow::Result;
+use cultivate_plugin_api::ops;
+use cultivate_plugin_api::ExecRequest;
+
+use crate::cli::{LogsArgs, TargetArgs};
+use crate::output::Printer;
+use crate::pipeline::{self, release::ReleaseStatus};
+use crate::settings::{self, Overrides};
+
+/// `cultivate releases`.
+pub fn releases(printer: &Printer, config: Option<&Path>, args: &TargetArgs) -> Result<()> {
+    let settings = settings::load(config, &Overrides::from_target(args))?;
+    let ctx = pipeline::connect(&settings, printer, false)?;
+    let current = ctx.current_version()?;
+    let mut rows = Vec::new();
+    for v in ctx.list_releases()? {
+        let rec = ctx.read_record(&v)?;
+        let status = rec.as_ref().map(|r| match r.status {
+            ReleaseStatus::Healthy => "healthy",
+            ReleaseStatus::Failed => "failed",
+            ReleaseStatus::Pending => "pending",
+        });
+        rows.push(serde_json::json!({
+            "version": v,
+            "current": current.as_deref() == Some(v.as_str()),
+            "status": status,
+            "created_at": rec.as_ref().map(|r| r.created_at.clone()),
+        }));
+    }
+    if printer.json() {
+        printer.json_value(&serde_json::json!({ "current": current, "releases": rows }));
+    } else if rows.is_empty() {
+        printer.data(&format!("no releases on {}", settings.target));
+    } else {
+        for r in rows {
+            printer.data(&format!(
+                "{} {:<28} {:<8} {}",
+                if r["current"] == true { "*" } else { " " },
+                r["version"].as_str().unwrap_or(""),
+                r["status"].as_str().unwrap_or("unknown"),
+                r["created_at"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `cultivate status`.
+pub fn status(printer: &Printer, config: Option<&Path>, args: &TargetArgs) -> Result<()> {
+    let settings = settings::load(config, &Overrides::from_target(args))?;
+    let ctx = pipeline::connect(&settings, printer, false)?;
+    let Some(current) = ctx.current_version()? else {
+        if printer.json() {
+            printer.json_value(&serde_json::json!({ "current": null, "services": [] }));
+        } else {
+            printer.data(&format!("nothing deployed on {} yet", settings.target));
+        }
+        return Ok(());
+    };
+    let states = ctx.stack_op::<ops::StackPs>(&ctx.stack_ref(&current))?;
+    let verdict = pipeline::health::judge(&pipeline::build::SERVICES, &states);
+    if printer.json() {
+        printer.json_value(&serde_json::json!({
+            "current": current,
+            "healthy": verdict == pipeline::health::Verdict::Healthy,
+            "services": states,
+        }));
+    } else {
+        printer.data(&format!("release {current} on {}", settings.target));
+        for s in &states {
+            printer.data(&format!("  {:<10} {:<10} {}", s.service, s.state, s.health.as_deref().unwrap_or("-")));
+        }
+        printer.data(&format!(
+            "  {}",
+            if verdict == pipeline::health::Verdict::Healthy { "all healthy" } else { "NOT all healthy" }
+        ));
+    }
+    Ok(())
+}
+
+/// `cultivate logs [SERVICE]`.
+pub fn logs(printer: &Printer, config: Option<&Path>, args: &LogsArgs) -> Result<()> {
+    let settings = settings::load(config, &Overrides::from_target(&args.target))?;
+    let ctx = pipeline::connect(&settings, printer, false)?;
+    let current =
+        ctx.current_version()?.ok_or_else(|| anyhow::anyhow!("nothing deployed on {} yet", settings.target))?;
+    let req = ops::StackLogsRequest {
+        stack: ctx.stack_ref(&current),
+        services: args.service.iter().cloned().collect(),
+        tail: Some(args.tail),
+    };
+    printer.data(ctx.stack_op::<ops::StackLogs>(&req)?.text.trim_end());
+    Ok(())
+}
+
+/// `cultivate lock status` and `cultivate lock release`.
+pub fn lock(printer: &Printer, config: Option<&Path>, args: &TargetArgs, release: bool) -> Result<()> {
+    let settings = settings::load(config, &Overrides::from_target(args))?;
+    let ctx = pipeline::connect(&settings, printer, false)?;
+    let owner = ctx.session.run(&ExecRequest::new(["cat", &format!("{}/owner", ctx.layout.lock())]))?;
+    if !owner.success() {
+        printer.data("unlocked");
+        return Ok(());
+    }
+    if release {
+        ctx.unlock();
+        printer.success(&format!("removed the lock held by {}", owner.stdout.trim()));
+    } else {
+        printer.data(&format!("locked: {}", owner.stdout.trim()));
+    }
+    Ok(())
+}

@@ -1,0 +1,601 @@
+//! `cultivate deploy`: the stages of [`super`], in order, with the rollback
+//! hung on the failure path of start and health.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use cultivate_plugin_api::ops::{self, Empty, ImageRefs, ImageTagRequest};
+use cultivate_plugin_api::ExecRequest;
+use sha2::{Digest, Sha256};
+
+use super::build::{self, BuiltImage, SERVICES};
+use super::release::{self, ReleaseImage, ReleaseRecord, ReleaseStatus};
+use super::transfer::{self, TransferStats};
+use super::{envfile, Ctx, Stage};
+use crate::cli::BuildMode;
+use crate::error::{Code, UserError};
+use crate::output::Printer;
+use crate::settings::Settings;
+
+/// What a deploy did, for `--json` and the figures.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct DeployReport {
+    /// The release deployed (or the current one when nothing changed).
+    pub version: String,
+    /// `deployed`, `unchanged`, `rolled-back`, `planned`.
+    pub outcome: String,
+    /// The release before.
+    pub previous: Option<String>,
+    /// Per-image transfer figures.
+    pub transfers: Vec<TransferStats>,
+    /// Bytes of image data sent.
+    pub bytes_sent: u64,
+    /// Wall time per stage, seconds.
+    pub timings: Vec<(Stage, f64)>,
+    /// Where the deploy log went on the target.
+    pub log_path: Option<String>,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(data);
+    format!("{:x}", h.finalize())
+}
+
+/// A configuration file of a release.
+struct ConfigFile {
+    name: String,
+    mode: u32,
+    data: Vec<u8>,
+}
+
+/// The git commit of the application, for the release version.
+fn git_short_hash(dir: &std::path::Path) -> Option<String> {
+    let out =
+        std::process::Command::new("git").args(["rev-parse", "--short=7", "HEAD"]).current_dir(dir).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Runs a deploy with `settings`.
+pub fn run(settings: &Settings, printer: &Printer) -> Result<DeployReport> {
+    let secrets = match &settings.secrets_file {
+        Some(path) => crate::settings::load_secrets(path)?,
+        None => BTreeMap::new(),
+    };
+    crate::redact::register(secrets.values().cloned());
+    let tls =
+        settings.tls.as_ref().map(|t| crate::certs_check::check_pair(t, settings.cert_warning_days)).transpose()?;
+
+    let version = match &settings.release_version {
+        Some(v) => v.clone(),
+        None => release::version_from(time::OffsetDateTime::now_utc(), git_short_hash(&settings.app_dir).as_deref()),
+    };
+    let mut ctx = super::connect(settings, printer, settings.install_deps)?;
+    if let Some(warnings) = &tls {
+        for w in warnings {
+            ctx.warn(w);
+        }
+    }
+    if settings.dry_run {
+        return plan(&mut ctx, &version);
+    }
+    let start = std::time::Instant::now();
+    ctx.lock(&format!("deploy of {version}"))?;
+    ctx.timings.record(Stage::Lock, start);
+    let result = deploy_locked(&mut ctx, &version, &secrets);
+    let log_name = format!("deploy-{version}.log");
+    match &result {
+        Ok(r) if r.outcome == "unchanged" => {}
+        Ok(_) => ctx.log.record("INFO", &format!("deploy of {version} finished")),
+        Err(e) => ctx.log.record("ERROR", &format!("{e:#}")),
+    }
+    let persist = !matches!(&result, Ok(r) if r.outcome == "unchanged");
+    if persist {
+        let start = std::time::Instant::now();
+        ctx.persist_log(&log_name);
+        ctx.timings.record(Stage::PersistLogs, start);
+    }
+    ctx.unlock();
+    ctx.session.close();
+    let mut report = result?;
+    report.timings = ctx.timings.0.clone();
+    if persist {
+        report.log_path = Some(format!("{}/{log_name}", ctx.layout.logs()));
+    }
+    tracing::info!("deploy timings: {}", ctx.timings.summary());
+    Ok(report)
+}
+
+fn plan(ctx: &mut Ctx<'_>, version: &str) -> Result<DeployReport> {
+    let s = ctx.settings;
+    let current = ctx.current_version()?;
+    ctx.status(&format!("plan for release {version} (dry run: nothing is changed)"));
+    let steps = [
+        format!(
+            "build {} images ({}, base {})",
+            SERVICES.len(),
+            match s.build_mode {
+                BuildMode::Local => "on this machine",
+                BuildMode::Remote => "on the target",
+            },
+            s.base_image
+        ),
+        format!("tag them {}", build::image_ref(&s.project, "SERVICE", version)),
+        format!(
+            "send the layers {} lacks through {} and verify the image IDs",
+            ctx.session.target, ctx.session.transport
+        ),
+        format!(
+            "upload docker-compose.yml, .env (mode 0600){} to {}",
+            if s.tls.is_some() { " and the certificate" } else { "" },
+            ctx.layout.release(version)
+        ),
+        format!(
+            "start the stack with {} (project {}), ports {} and {}",
+            ctx.stack.manifest().name,
+            s.project,
+            s.http_port,
+            s.https_port
+        ),
+        format!("wait up to {}s for database, backend and frontend to be healthy", s.health.timeout_secs),
+        match &current {
+            Some(c) => format!("on failure roll back to release {c}"),
+            None => "on failure stop the new release (there is no previous one)".to_string(),
+        },
+        format!("keep {} releases; write the deploy log to {}", s.releases_kept, ctx.layout.logs()),
+    ];
+    for (i, step) in steps.iter().enumerate() {
+        ctx.printer.detail(&format!("{}. {step}", i + 1));
+    }
+    Ok(DeployReport {
+        version: version.to_string(),
+        outcome: "planned".into(),
+        previous: current,
+        ..DeployReport::default()
+    })
+}
+
+fn deploy_locked(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, String>) -> Result<DeployReport> {
+    let settings = ctx.settings;
+    let current = ctx.current_version()?;
+    let current_record = match &current {
+        Some(v) => ctx.read_record(v)?,
+        None => None,
+    };
+    if ctx.list_releases()?.iter().any(|r| r == version) {
+        bail!(crate::error::usage(format!("release {version} already exists on {}", ctx.session.target))
+            .hint("pass another --release-version, or leave it out to use the time and commit"));
+    }
+
+    // Build.
+    ctx.status(&format!("building release {version}"));
+    let images = build_images(ctx, version)?;
+
+    // Configuration and fingerprint: nothing changed means nothing to do.
+    let files = config_files(ctx, version, secrets)?;
+    let fingerprint = fingerprint(&images, &files);
+    if let Some(rec) = &current_record {
+        if rec.fingerprint == fingerprint && rec.status == ReleaseStatus::Healthy {
+            let states = ctx.stack_op::<ops::StackPs>(&ctx.stack_ref(&rec.version))?;
+            if super::health::judge(&SERVICES, &states) == super::health::Verdict::Healthy {
+                if settings.build_mode == BuildMode::Local {
+                    untag_local(&images);
+                }
+                ctx.printer.success(&format!("nothing changed: release {} is current and healthy", rec.version));
+                return Ok(DeployReport {
+                    version: rec.version.clone(),
+                    outcome: "unchanged".into(),
+                    previous: current.clone(),
+                    ..DeployReport::default()
+                });
+            }
+        }
+    }
+
+    // Images to the target.
+    let transfers = if settings.build_mode == BuildMode::Local {
+        ctx.status(&format!("sending images to {}", ctx.session.target));
+        let start = std::time::Instant::now();
+        let t = transfer_images(ctx, &images)?;
+        ctx.timings.record(Stage::TransferImages, start);
+        t
+    } else {
+        Vec::new()
+    };
+    let bytes_sent = transfers.iter().map(|t| t.bytes_sent).sum();
+
+    // Configuration to the target (P22).
+    ctx.status(&format!("uploading configuration to {}", ctx.layout.release(version)));
+    let start = std::time::Instant::now();
+    upload_config(ctx, version, &files)?;
+    ctx.timings.record(Stage::TransferConfig, start);
+    let mut record = ReleaseRecord {
+        version: version.to_string(),
+        created_at: release::now_iso(),
+        images: images
+            .iter()
+            .map(|i| (i.service.clone(), ReleaseImage { reference: i.reference.clone(), id: i.id.clone() }))
+            .collect(),
+        files: files.iter().map(|f| (f.name.clone(), sha256_hex(&f.data))).collect(),
+        fingerprint,
+        status: ReleaseStatus::Pending,
+        previous: current.clone(),
+        runtime: BTreeMap::from([
+            ("images".to_string(), ctx.images.manifest().name.clone()),
+            ("stack".to_string(), ctx.stack.manifest().name.clone()),
+        ]),
+    };
+    ctx.write_record(&record)?;
+    let stack = ctx.stack_ref(version);
+    ctx.stack_op::<ops::StackConfig>(&stack).context("the compose file or .env of the new release is not valid")?;
+
+    // Start and health (P23); rollback on failure (P24).
+    ctx.status(&format!("starting release {version}"));
+    let start = std::time::Instant::now();
+    let up = ctx.stack_op::<ops::StackUp>(&ops::StackUpRequest {
+        stack: stack.clone(),
+        force_recreate: false,
+        timeout_secs: Some(30),
+    });
+    ctx.timings.record(Stage::Up, start);
+    let failure = match up {
+        Err(e) => Some(format!("starting the stack failed: {e:#}")),
+        Ok(Empty {}) => {
+            ctx.status("waiting for every container to be healthy");
+            let start = std::time::Instant::now();
+            let h = ctx.wait_healthy(version)?;
+            ctx.timings.record(Stage::Health, start);
+            match h {
+                Ok(states) => {
+                    for s in &states {
+                        ctx.detail(&format!(
+                            "{}: {} ({})",
+                            s.service,
+                            s.state,
+                            s.health.as_deref().unwrap_or("no health check")
+                        ));
+                    }
+                    None
+                }
+                Err(f) => Some(f.to_string()),
+            }
+        }
+    };
+    if let Some(reason) = failure {
+        record.status = ReleaseStatus::Failed;
+        let _ = ctx.write_record(&record);
+        return Err(fail_and_roll_back(ctx, version, current.as_deref(), &reason));
+    }
+
+    // Commit.
+    let start = std::time::Instant::now();
+    record.status = ReleaseStatus::Healthy;
+    ctx.write_record(&record)?;
+    ctx.set_current(version)?;
+    prune(ctx, version, current.as_deref());
+    ctx.timings.record(Stage::Commit, start);
+    let url = format!("http://{}:{}/", display_host(ctx), settings.http_port);
+    ctx.printer.success(&format!("release {version} is live and healthy: {url}"));
+    ctx.log.record("INFO", &format!("release {version} is healthy and current"));
+    Ok(DeployReport {
+        version: version.to_string(),
+        outcome: "deployed".into(),
+        previous: current,
+        transfers,
+        bytes_sent,
+        ..DeployReport::default()
+    })
+}
+
+fn display_host(ctx: &Ctx<'_>) -> String {
+    match ctx.session.target.as_str() {
+        "local" => "localhost".to_string(),
+        t => {
+            let t = t.strip_prefix("ssh://").unwrap_or(t);
+            let t = t.rsplit_once('@').map(|(_, h)| h).unwrap_or(t);
+            if t.starts_with('[') {
+                t.split(']').next().map(|h| format!("{h}]")).unwrap_or_else(|| t.to_string())
+            } else {
+                t.split(':').next().unwrap_or(t).to_string()
+            }
+        }
+    }
+}
+
+fn untag_local(images: &[BuiltImage]) {
+    let refs: Vec<String> = images.iter().map(|i| i.reference.clone()).collect();
+    if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        rt.block_on(async {
+            if let Ok(docker) = build::local_engine().await {
+                for r in refs {
+                    let _ = docker.remove_image(&r, None::<bollard::query_parameters::RemoveImageOptions>, None).await;
+                }
+            }
+        });
+    }
+}
+
+fn build_images(ctx: &mut Ctx<'_>, version: &str) -> Result<Vec<BuiltImage>> {
+    let s = ctx.settings;
+    let context = build::context_tar(&s.stack_dir, &s.app_dir)?;
+    let start = std::time::Instant::now();
+    let images = match s.build_mode {
+        BuildMode::Local => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let printer = ctx.printer.clone();
+            rt.block_on(async {
+                let docker = build::local_engine().await?;
+                let mut out = Vec::new();
+                for service in SERVICES {
+                    let reference = build::image_ref(&s.project, service, version);
+                    printer.detail(&format!("{service}: building {reference}"));
+                    let mut step = |line: &str| tracing::info!("{service}: {line}");
+                    out.push(
+                        build::build_local(&docker, &context, service, &reference, &s.base_image, &mut step).await?,
+                    );
+                }
+                Ok::<_, anyhow::Error>(out)
+            })?
+        }
+        BuildMode::Remote => build_remote(ctx, version, &context)?,
+    };
+    for i in &images {
+        ctx.detail(&format!("{}: {} {}", i.service, i.reference, &i.id[..i.id.len().min(19)]));
+    }
+    ctx.timings.record(Stage::Build, start);
+    Ok(images)
+}
+
+fn build_remote(ctx: &mut Ctx<'_>, version: &str, context: &[u8]) -> Result<Vec<BuiltImage>> {
+    let s = ctx.settings;
+    let dir = format!("{}/build/{version}", ctx.layout.root);
+    let q = cultivate_plugin_api::shell::quote;
+    ctx.detail(&format!("sending the build context ({} KiB) to {dir}", context.len() / 1024));
+    let out = ctx
+        .session
+        .run_with_input(
+            &ExecRequest::shell(format!("rm -rf {d} && mkdir -p {d} && tar -x -C {d}", d = q(&dir))),
+            &mut &context[..],
+            &mut |_| {},
+        )
+        .context("sending the build context")?;
+    out.check("unpacking the build context on the target")?;
+    let mut images = Vec::new();
+    for service in SERVICES {
+        let reference = build::image_ref(&s.project, service, version);
+        ctx.detail(&format!("{service}: building {reference} on the target"));
+        let req = ops::ImageBuildRequest {
+            context_dir: dir.clone(),
+            dockerfile: format!("docker/Dockerfile.{service}"),
+            tag: reference.clone(),
+            build_args: build::build_args(&s.base_image),
+            labels: BTreeMap::new(),
+        };
+        let cmd = ctx.images_op::<ops::ImageBuildCommand>(&req)?;
+        let out = ctx.session.run(&cmd)?;
+        if !out.success() {
+            let tail: Vec<&str> = out.stdout.lines().chain(out.stderr.lines()).rev().take(15).collect();
+            bail!(UserError::new(Code::Failed, format!("building {reference} on the target failed"))
+                .hint(tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+        }
+        let info = ctx.images_op::<ops::ImageInspect>(&ImageRefs { refs: vec![reference.clone()] })?;
+        let info = info
+            .into_iter()
+            .next()
+            .filter(|i| i.id.is_some())
+            .with_context(|| format!("{reference} is missing after building it"))?;
+        images.push(BuiltImage {
+            service: service.to_string(),
+            reference,
+            id: info.id.unwrap_or_default(),
+            layers: info.layers,
+            size: info.size,
+        });
+    }
+    let _ = ctx.session.run(&ExecRequest::new(["rm", "-rf", &dir]));
+    Ok(images)
+}
+
+fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<TransferStats>> {
+    let prefix = format!("{}-", ctx.settings.project);
+    let on_target = ctx.images_op::<ops::ImageList>(&ops::ImageListRequest { prefix })?;
+    let chains: std::collections::HashSet<String> =
+        on_target.iter().flat_map(|i| transfer::chain_keys(&i.layers)).collect();
+    let containerd = ctx
+        .runtimes
+        .images
+        .probe
+        .as_ref()
+        .ok()
+        .and_then(|p| p.details.get("image_store"))
+        .is_some_and(|s| s == "containerd");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let docker = rt.block_on(build::local_engine())?;
+    let mut stats = Vec::new();
+    for image in images {
+        let present = ctx.images_op::<ops::ImageInspect>(&ImageRefs { refs: vec![image.id.clone()] })?;
+        if present.first().and_then(|i| i.id.as_deref()) == Some(image.id.as_str()) {
+            ctx.images_op::<ops::ImageTag>(&ImageTagRequest {
+                source: image.id.clone(),
+                target: image.reference.clone(),
+            })?;
+            ctx.detail(&format!("{}: already on the target, tagged", image.service));
+            stats.push(TransferStats {
+                reference: image.reference.clone(),
+                already_present: true,
+                ..TransferStats::default()
+            });
+            continue;
+        }
+        let mut archive = rt.block_on(transfer::export_to_file(&docker, &image.reference))?;
+        let archive_bytes = transfer::file_len(&archive);
+        let skip =
+            if containerd { Default::default() } else { transfer::skippable_layer_files(&mut archive, &chains)? };
+        let mut st = send_archive(ctx, image, &mut archive, &skip, archive_bytes)?;
+        if !st.1 && !skip.is_empty() {
+            ctx.warn(&format!("{}: loading only the changed layers failed; sending the whole image", image.service));
+            st = send_archive(ctx, image, &mut archive, &Default::default(), archive_bytes)?;
+            st.0.fell_back = true;
+        }
+        let (stat, ok) = st;
+        if !ok {
+            bail!("loading {} on {} failed", image.reference, ctx.session.target);
+        }
+        // P20: the target's ID must equal ours.
+        let after = ctx.images_op::<ops::ImageInspect>(&ImageRefs { refs: vec![image.reference.clone()] })?;
+        transfer::verify_id(image, after.first().and_then(|i| i.id.as_deref()))?;
+        ctx.detail(&format!(
+            "{}: sent {} of {} layers, {:.1} MiB of {:.1} MiB; image ID verified",
+            image.service,
+            stat.layers_sent,
+            stat.layers_sent + stat.layers_skipped,
+            stat.bytes_sent as f64 / 1048576.0,
+            archive_bytes as f64 / 1048576.0
+        ));
+        stats.push(stat);
+    }
+    Ok(stats)
+}
+
+/// Streams the archive (without `skip`) into the load command; `(stats, loaded)`.
+fn send_archive(
+    ctx: &mut Ctx<'_>,
+    image: &BuiltImage,
+    archive: &mut std::fs::File,
+    skip: &std::collections::HashSet<String>,
+    archive_bytes: u64,
+) -> Result<(TransferStats, bool)> {
+    use std::io::Seek;
+    let mut filtered = tempfile::tempfile()?;
+    let skipped = transfer::filter_archive(archive, &mut filtered, skip)?;
+    filtered.rewind()?;
+    let total = transfer::file_len(&filtered);
+    let cmd = ctx.images_op::<ops::ImageLoadCommand>(&Empty {})?;
+    let mut progress = transfer::Progress::new(&image.service, total, ctx.printer.bars(), false);
+    let out = ctx.session.run_with_input(&cmd, &mut filtered, &mut |sent| progress.update(sent))?;
+    progress.finish(total);
+    let ok = out.success();
+    if !ok {
+        ctx.log.record("WARN", &format!("{} load failed: {}", image.service, out.stderr.trim()));
+        tracing::warn!("{} load failed (status {}): {}", image.reference, out.status, out.stderr.trim());
+    }
+    let stats = TransferStats {
+        reference: image.reference.clone(),
+        already_present: false,
+        bytes_sent: total,
+        archive_bytes,
+        layers_sent: image.layers.len().saturating_sub(skipped),
+        layers_skipped: skipped,
+        fell_back: false,
+    };
+    Ok((stats, ok))
+}
+
+fn config_files(ctx: &Ctx<'_>, version: &str, secrets: &BTreeMap<String, String>) -> Result<Vec<ConfigFile>> {
+    let s = ctx.settings;
+    let compose_path = s.stack_dir.join("compose").join("docker-compose.yml");
+    let compose = fs_err::read(&compose_path).map_err(|e| {
+        crate::error::usage(format!("cannot read the compose file: {e}"))
+            .hint("set `stack_dir` to the directory holding compose/docker-compose.yml")
+    })?;
+    let system = envfile::system_vars(&s.project, version, s.http_port, s.https_port, s.tls.is_some());
+    let env = envfile::render(version, &system, &s.env, secrets)
+        .map_err(|errs| crate::error::usage(format!("values that cannot go into .env:\n  {}", errs.join("\n  "))))?;
+    let mut files = vec![
+        ConfigFile { name: "docker-compose.yml".into(), mode: 0o644, data: compose },
+        ConfigFile { name: ".env".into(), mode: 0o600, data: env.into_bytes() },
+    ];
+    if let Some(tls) = &s.tls {
+        files.push(ConfigFile { name: "certs/fullchain.pem".into(), mode: 0o644, data: fs_err::read(&tls.cert)? });
+        files.push(ConfigFile { name: "certs/privkey.pem".into(), mode: 0o600, data: fs_err::read(&tls.key)? });
+    }
+    Ok(files)
+}
+
+fn fingerprint(images: &[BuiltImage], files: &[ConfigFile]) -> String {
+    let mut h = Sha256::new();
+    for i in images {
+        h.update(format!("image {} {}\n", i.service, i.id));
+    }
+    for f in files {
+        let data = if f.name == ".env" {
+            envfile::fingerprint_text(&String::from_utf8_lossy(&f.data)).into_bytes()
+        } else {
+            f.data.clone()
+        };
+        h.update(format!("file {} {:o} {}\n", f.name, f.mode, sha256_hex(&data)));
+    }
+    format!("{:x}", h.finalize())
+}
+
+fn upload_config(ctx: &Ctx<'_>, version: &str, files: &[ConfigFile]) -> Result<()> {
+    let dir = ctx.layout.release(version);
+    let q = cultivate_plugin_api::shell::quote;
+    ctx.session.sh(&format!("mkdir -p {d}/certs && chmod 755 {d} && chmod 755 {d}/certs", d = q(&dir)))?;
+    for f in files {
+        ctx.session.put_file(&format!("{dir}/{}", f.name), f.mode, &f.data)?;
+    }
+    // P22: every file arrived byte-exact with its mode.
+    let names: Vec<String> = files.iter().map(|f| q(&format!("{dir}/{}", f.name))).collect();
+    let out = ctx.session.sh(&format!(
+        "for f in {}; do printf '%s %s\\n' \"$(stat -c %a \"$f\")\" \"$(sha256sum < \"$f\" | cut -d' ' -f1)\"; done",
+        names.join(" ")
+    ))?;
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    for (f, line) in files.iter().zip(lines.iter().chain(std::iter::repeat(&""))) {
+        let want = format!("{:o} {}", f.mode, sha256_hex(&f.data));
+        if line.trim() != want {
+            bail!(
+                "{}/{} did not arrive intact on {} (expected mode and sha256 `{want}`, found `{}`)",
+                dir,
+                f.name,
+                ctx.session.target,
+                line.trim()
+            );
+        }
+    }
+    ctx.printer.detail(&format!("{} files uploaded and verified", files.len()));
+    Ok(())
+}
+
+/// Removes old releases and their images, keeping `releases_kept`.
+fn prune(ctx: &mut Ctx<'_>, current: &str, previous: Option<&str>) {
+    let Ok(all) = ctx.list_releases() else { return };
+    let doomed = release::releases_to_prune(&all, Some(current), previous, ctx.settings.releases_kept as usize);
+    for v in doomed {
+        let refs: Vec<String> = SERVICES.iter().map(|s| build::image_ref(&ctx.settings.project, s, &v)).collect();
+        let _ = ctx.images_op::<ops::ImageRemove>(&ImageRefs { refs });
+        let _ = ctx.session.run(&ExecRequest::new(["rm", "-rf", &ctx.layout.release(&v)]));
+        ctx.log.record("INFO", &format!("pruned release {v}"));
+        tracing::info!("pruned release {v}");
+    }
+}
+
+/// Shows diagnostics and rolls back to `previous` (P24); the error says what happened.
+fn fail_and_roll_back(ctx: &mut Ctx<'_>, version: &str, previous: Option<&str>, reason: &str) -> anyhow::Error {
+    ctx.printer.warn(&format!("release {version} failed: {reason}"));
+    let diag = ctx.diagnostics(version);
+    ctx.log.record("ERROR", &format!("release {version} failed: {reason}\n{diag}"));
+    eprintln!("{}", diag.trim_end());
+    let Some(previous) = previous else {
+        let _ = ctx.stack_op::<ops::StackDown>(&ops::StackDownRequest {
+            stack: ctx.stack_ref(version),
+            remove_volumes: false,
+        });
+        return UserError::new(Code::Failed, format!("deploy of {version} failed: {reason}; there is no previous release to roll back to, so the failed release was stopped (data volumes kept)"))
+            .hint("the diagnostics above show why; fix it and deploy again")
+            .into();
+    };
+    ctx.status(&format!("rolling back to release {previous}"));
+    let start = std::time::Instant::now();
+    let outcome = super::rollback::start_and_verify(ctx, previous);
+    ctx.timings.record(Stage::Rollback, start);
+    match outcome {
+        Ok(()) => UserError::new(Code::RolledBack, format!("deploy of {version} failed: {reason}; rolled back to release {previous}, which is healthy"))
+            .hint("the diagnostics above show why the new release failed")
+            .into(),
+        Err(e) => UserError::new(Code::RollbackFailed, format!("deploy of {version} failed: {reason}; the rollback to {previous} failed too: {e:#}"))
+            .hint(format!("the target needs attention: `cultivate status` and `cultivate logs` show its state; the deploy log is in {}", ctx.layout.logs()))
+            .into(),
+    }
+}

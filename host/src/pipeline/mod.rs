@@ -1,0 +1,507 @@
+//! The shared deploy, health and rollback pipeline. Plugins supply images,
+//! stacks and transports; the order, the checks and the rollback live here.
+//!
+//! Deploy stages, in order ([`Stage`]):
+//! 1. connect and verify the connection (P16); probe the OS and the runtimes;
+//! 2. check or install Docker and Compose (P18, P19);
+//! 3. take the target's lock;
+//! 4. build the images and tag them with the release version (P29);
+//! 5. send the layers the target lacks and verify the image IDs (P20, P21);
+//! 6. upload the compose file, `.env` (0600) and certificates (P22);
+//! 7. record the release; `compose up`; wait for every container to be healthy (P23);
+//! 8. on success move `current` to it; on failure capture diagnostics and
+//!    roll back to `current`, then check that it is healthy (P24, P31);
+//! 9. persist the deploy log on the target (P34) and release the lock.
+
+pub mod build;
+pub mod deploy;
+pub mod envfile;
+pub mod health;
+pub mod release;
+pub mod rollback;
+pub mod transfer;
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use cultivate_plugin_api::ops::{self, Operation, StackRef};
+use cultivate_plugin_api::{ExecRequest, LoadedPlugin};
+
+use crate::error::{Code, UserError};
+use crate::output::Printer;
+use crate::plugins::{select_runtimes, Registry, RuntimeSelection};
+use crate::session::Session;
+use crate::settings::Settings;
+use crate::target::Target;
+use release::{Layout, ReleaseRecord};
+
+/// The stages of a deploy, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// Connect and verify; failing changes nothing.
+    Connect,
+    /// Probe OS and runtimes; failing changes nothing.
+    Probe,
+    /// Check or install Docker and Compose; failing changes nothing but what the installer did.
+    Dependencies,
+    /// Take the deploy lock; failing means another deploy runs.
+    Lock,
+    /// Build images; failing changes nothing on the target.
+    Build,
+    /// Send images; failing leaves only unused images on the target.
+    TransferImages,
+    /// Upload configuration into a new release directory; failing leaves the old release running.
+    TransferConfig,
+    /// Start the new release.
+    Up,
+    /// Wait for health; failing triggers the rollback.
+    Health,
+    /// Move `current` and prune old releases.
+    Commit,
+    /// Go back to the previous release.
+    Rollback,
+    /// Write the deploy log on the target.
+    PersistLogs,
+}
+
+impl Stage {
+    /// Human name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Probe => "probe",
+            Stage::Dependencies => "dependencies",
+            Stage::Lock => "lock",
+            Stage::Build => "build",
+            Stage::TransferImages => "transfer images",
+            Stage::TransferConfig => "transfer configuration",
+            Stage::Up => "start",
+            Stage::Health => "health",
+            Stage::Commit => "commit",
+            Stage::Rollback => "rollback",
+            Stage::PersistLogs => "persist logs",
+        }
+    }
+}
+
+/// Timings of the stages run.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Timings(pub Vec<(Stage, f64)>);
+
+impl Timings {
+    /// Runs `f` as `stage`, recording its wall time.
+    pub fn time<T>(&mut self, stage: Stage, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        self.0.push((stage, start.elapsed().as_secs_f64()));
+        out
+    }
+
+    /// Records `stage` as having run since `start`.
+    pub fn record(&mut self, stage: Stage, start: Instant) {
+        self.0.push((stage, start.elapsed().as_secs_f64()));
+    }
+
+    /// `connect 0.12s, probe 0.30s, …`.
+    pub fn summary(&self) -> String {
+        self.0.iter().map(|(s, t)| format!("{} {t:.2}s", s.label())).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// The log of one deploy, kept in memory and written to the target at the end (P34).
+#[derive(Debug, Default, Clone)]
+pub struct DeployLog {
+    lines: Vec<String>,
+}
+
+impl DeployLog {
+    /// Records a line with an ISO 8601 timestamp and a level (P32).
+    pub fn record(&mut self, level: &str, message: &str) {
+        let message = crate::redact::apply(message);
+        for line in message.lines() {
+            self.lines.push(format!("{} {level:<5} {line}", release::now_iso()));
+        }
+    }
+
+    /// The whole log.
+    pub fn text(&self) -> String {
+        let mut s = self.lines.join("\n");
+        s.push('\n');
+        s
+    }
+}
+
+/// Everything a pipeline run holds.
+pub struct Ctx<'a> {
+    /// Settings.
+    pub settings: &'a Settings,
+    /// Output.
+    pub printer: &'a Printer,
+    /// The connection.
+    pub session: Session,
+    /// Chosen runtimes.
+    pub runtimes: RuntimeSelection,
+    /// Deploy directory layout.
+    pub layout: Layout,
+    /// The deploy log.
+    pub log: DeployLog,
+    /// Stage timings.
+    pub timings: Timings,
+    /// The image runtime plugin.
+    pub images: LoadedPlugin,
+    /// The stack runtime plugin.
+    pub stack: LoadedPlugin,
+}
+
+impl<'a> Ctx<'a> {
+    /// Prints and records a status line.
+    pub fn status(&mut self, text: &str) {
+        self.printer.status(text);
+        self.log.record("INFO", text);
+    }
+
+    /// Prints and records a detail line.
+    pub fn detail(&mut self, text: &str) {
+        self.printer.detail(text);
+        self.log.record("INFO", text);
+    }
+
+    /// Prints and records a warning.
+    pub fn warn(&mut self, text: &str) {
+        self.printer.warn(text);
+        self.log.record("WARN", text);
+    }
+
+    /// The compose project of a release.
+    pub fn stack_ref(&self, version: &str) -> StackRef {
+        StackRef {
+            project: self.settings.project.clone(),
+            dir: self.layout.release(version),
+            files: vec!["docker-compose.yml".into()],
+            env_file: Some(".env".into()),
+        }
+    }
+
+    /// Calls a typed operation on the stack runtime.
+    pub fn stack_op<O: ops::Operation>(&self, req: &O::Request) -> Result<O::Response> {
+        let host = self.session.host().for_plugin(&self.stack.manifest().name);
+        self.stack.call::<O>(&host, req).with_context(|| format!("{} via {}", O::NAME, self.stack.manifest().name))
+    }
+
+    /// Calls a typed operation on the image runtime.
+    pub fn images_op<O: ops::Operation>(&self, req: &O::Request) -> Result<O::Response> {
+        let host = self.session.host().for_plugin(&self.images.manifest().name);
+        self.images.call::<O>(&host, req).with_context(|| format!("{} via {}", O::NAME, self.images.manifest().name))
+    }
+
+    /// The version `current` points at.
+    pub fn current_version(&self) -> Result<Option<String>> {
+        let out = self.session.run(&ExecRequest::new(["readlink", &self.layout.current()]))?;
+        if !out.success() {
+            return Ok(None);
+        }
+        Ok(out.stdout.trim().rsplit('/').next().map(str::to_string).filter(|v| crate::settings::valid_version(v)))
+    }
+
+    /// Reads a release's record.
+    pub fn read_record(&self, version: &str) -> Result<Option<ReleaseRecord>> {
+        let path = format!("{}/release.json", self.layout.release(version));
+        let out = self.session.run(&ExecRequest::new(["cat", &path]))?;
+        if !out.success() {
+            return Ok(None);
+        }
+        Ok(serde_json::from_str(&out.stdout).ok())
+    }
+
+    /// Writes a release's record.
+    pub fn write_record(&self, record: &ReleaseRecord) -> Result<()> {
+        let path = format!("{}/release.json", self.layout.release(&record.version));
+        let json = serde_json::to_vec_pretty(record)?;
+        self.session.put_file(&path, 0o644, &json)
+    }
+
+    /// Releases on the target, oldest first.
+    pub fn list_releases(&self) -> Result<Vec<String>> {
+        let out = self.session.run(&ExecRequest::new(["ls", "-1", &self.layout.releases()]))?;
+        Ok(if out.success() { release::parse_release_list(&out.stdout) } else { Vec::new() })
+    }
+
+    /// Points `current` at `version`, atomically.
+    pub fn set_current(&self, version: &str) -> Result<()> {
+        let tmp = format!("{}.tmp", self.layout.current());
+        let q = cultivate_plugin_api::shell::quote;
+        self.session.sh(&format!(
+            "ln -sfn {} {} && mv -Tf {} {}",
+            q(&format!("releases/{version}")),
+            q(&tmp),
+            q(&tmp),
+            q(&self.layout.current())
+        ))?;
+        Ok(())
+    }
+
+    /// Waits for the release's stack to be healthy.
+    pub fn wait_healthy(&mut self, version: &str) -> Result<Result<Vec<ops::ServiceState>, health::HealthFailure>> {
+        let stack = self.stack_ref(version);
+        let printer = self.printer.clone();
+        let mut last = String::new();
+        let this = &*self;
+        health::wait(
+            &self.settings.health,
+            &build::SERVICES,
+            || this.stack_op::<ops::StackPs>(&stack),
+            |waiting| {
+                let line = format!("waiting for {}", waiting.join(", "));
+                if line != last {
+                    printer.detail(&line);
+                    last = line;
+                }
+            },
+        )
+    }
+
+    /// Collects diagnostics of a failed stack: states, health logs and the last log lines (P33).
+    pub fn diagnostics(&mut self, version: &str) -> String {
+        let stack = self.stack_ref(version);
+        let mut text = String::new();
+        match self.stack_op::<ops::StackPs>(&stack) {
+            Ok(states) => {
+                for s in &states {
+                    text.push_str(&format!(
+                        "{}: {}{}{}\n",
+                        s.service,
+                        s.state,
+                        s.health.as_deref().map(|h| format!(" ({h})")).unwrap_or_default(),
+                        s.exit_code
+                            .filter(|_| s.state != "running")
+                            .map(|c| format!(", exit code {c}"))
+                            .unwrap_or_default()
+                    ));
+                    if let Some(log) = s.health_log.as_deref().filter(|l| !l.trim().is_empty()) {
+                        text.push_str(&format!("  last health check: {}\n", log.trim()));
+                    }
+                }
+            }
+            Err(e) => text.push_str(&format!("(container states unavailable: {e:#})\n")),
+        }
+        let logs = ops::StackLogsRequest { stack, services: Vec::new(), tail: Some(60) };
+        match self.stack_op::<ops::StackLogs>(&logs) {
+            Ok(t) => {
+                text.push_str("--- container logs (last 60 lines each) ---\n");
+                text.push_str(&t.text);
+            }
+            Err(e) => text.push_str(&format!("(container logs unavailable: {e:#})\n")),
+        }
+        crate::redact::apply(&text)
+    }
+
+    /// Takes the target's deploy lock, or fails naming who holds it.
+    pub fn lock(&mut self, what: &str) -> Result<()> {
+        let q = cultivate_plugin_api::shell::quote;
+        let lock = self.layout.lock();
+        let owner = format!(
+            "{} by {}@{} (pid {}) at {}",
+            what,
+            std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+            hostname(),
+            std::process::id(),
+            release::now_iso()
+        );
+        let out = self.session.run(&ExecRequest::shell(format!(
+            "mkdir -p {root}/releases {root}/logs && mkdir {lock} 2>/dev/null && printf '%s\\n' {owner} > {lock}/owner",
+            root = q(&self.layout.root),
+            lock = q(&lock),
+            owner = q(&owner)
+        )))?;
+        if out.success() {
+            return Ok(());
+        }
+        if !out.stderr.trim().is_empty() {
+            anyhow::bail!("cannot create {} on {}: {}", self.layout.root, self.session.target, out.stderr.trim());
+        }
+        let holder = self.session.run(&ExecRequest::new(["cat", &format!("{lock}/owner")]))?.stdout;
+        Err(UserError::new(Code::Locked, format!("the target is locked: {}", holder.trim()))
+            .hint(format!(
+                "wait for that run to finish; if it died, `cultivate lock release --target {}` removes the lock",
+                self.session.target
+            ))
+            .into())
+    }
+
+    /// Releases the deploy lock.
+    pub fn unlock(&self) {
+        let lock = self.layout.lock();
+        if let Err(e) = self.session.run(&ExecRequest::new(["rm", "-rf", &lock])) {
+            tracing::warn!("could not release the lock {lock}: {e}");
+        }
+    }
+
+    /// Writes the deploy log to the target and applies the retention policy (P34).
+    pub fn persist_log(&mut self, name: &str) {
+        let path = format!("{}/{name}", self.layout.logs());
+        let text = self.log.text();
+        let days = self.settings.log_retention_days;
+        let q = cultivate_plugin_api::shell::quote;
+        let result = self.session.put_file(&path, 0o640, text.as_bytes()).and_then(|_| {
+            self.session.sh(&format!(
+                "find {dir} -maxdepth 1 -name '*.log' -type f -mtime +{days} -delete; \
+                 ls -1t {dir}/*.log 2>/dev/null | tail -n +201 | xargs -r rm -f",
+                dir = q(&self.layout.logs())
+            ))?;
+            Ok(())
+        });
+        match result {
+            Ok(()) => tracing::info!("deploy log written to {path}"),
+            Err(e) => self.printer.warn(&format!("could not write the deploy log to {path}: {e:#}")),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// Default deploy directory for the target's OS.
+pub fn deploy_path(settings: &Settings, session: &Session) -> Result<String> {
+    let home = session.info.home.clone().unwrap_or_else(|| "/root".into());
+    let macos = session.info.os_key() == "darwin";
+    let raw = settings.deploy_path.clone().unwrap_or_else(|| {
+        if macos {
+            crate::settings::DEFAULT_DEPLOY_PATH_MACOS.to_string()
+        } else {
+            crate::settings::DEFAULT_DEPLOY_PATH_LINUX.to_string()
+        }
+    });
+    let path = match raw.strip_prefix("~/") {
+        Some(rest) => format!("{}/{rest}", home.trim_end_matches('/')),
+        None => raw,
+    };
+    if macos {
+        for bad in ["/opt", "/var", "/etc", "/usr", "/tmp", "/private"] {
+            if path == bad || path.starts_with(&format!("{bad}/")) {
+                return Err(crate::error::usage(format!(
+                    "deploy_path {path} is outside the Finch VM's reach on macOS (it sees only the home directory and /Volumes)"
+                ))
+                .hint("set deploy_path = \"~/cultivate\"")
+                .into());
+            }
+        }
+    }
+    Ok(path)
+}
+
+/// Connects, probes, and picks the runtimes; installs missing dependencies when allowed.
+pub fn connect<'a>(settings: &'a Settings, printer: &'a Printer, install_deps: bool) -> Result<Ctx<'a>> {
+    let registry = Registry::load_default();
+    for f in &registry.failures {
+        printer.warn(&format!("plugin {} not loaded: {}", f.path.display(), f.reason));
+    }
+    registry.ensure_not_empty()?;
+    let target = Target::parse(&settings.target)?;
+    let mut timings = Timings::default();
+    let mut log = DeployLog::default();
+    printer.status(&format!("connecting to {target}"));
+    let flags = crate::cli::TargetArgs::default();
+    let opts = crate::settings::connect_options(&flags, Some(settings));
+    let session = timings.time(Stage::Connect, || Session::connect(&registry, &target, &opts))?;
+    log.record(
+        "INFO",
+        &format!("connected to {target} via {} ({} {})", session.transport, session.info.os, session.info.arch),
+    );
+    let mut probes = timings.time(Stage::Probe, || registry.probe_runtimes(session.host(), &session.info));
+    let mut selection = select_runtimes(&probes, settings.runtime.as_deref());
+    if selection.is_err() && install_deps {
+        timings.time(Stage::Dependencies, || install_dependencies(&registry, &session, printer, &mut log))?;
+        probes = registry.probe_runtimes(session.host(), &session.info);
+        selection = select_runtimes(&probes, settings.runtime.as_deref());
+    }
+    let runtimes = match selection {
+        Ok(s) => s,
+        Err(e) if e.code == Code::RuntimeMissing && !install_deps => {
+            let help = install_help(&registry, &session);
+            let hint = format!(
+                "{}\nor let cultivate do it: cultivate deploy --install-deps{}",
+                e.hint.clone().unwrap_or_default(),
+                if help.is_empty() {
+                    String::new()
+                } else {
+                    format!("\nto install by hand on the target:\n  {}", help.join("\n  "))
+                }
+            );
+            return Err(UserError::new(Code::RuntimeMissing, e.message).hint(hint).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for p in [&runtimes.images, &runtimes.stack] {
+        if let Ok(probe) = &p.probe {
+            let extra = probe.details.get("flavour").map(|f| format!(" (compose {f})")).unwrap_or_default();
+            printer.detail(&format!("{} {}{extra}", p.plugin.manifest().name, probe.version.as_deref().unwrap_or("")));
+            log.record(
+                "INFO",
+                &format!("runtime {} {}{extra}", p.plugin.manifest().name, probe.version.as_deref().unwrap_or("")),
+            );
+        }
+    }
+    let layout = Layout::new(&deploy_path(settings, &session)?);
+    Ok(Ctx {
+        settings,
+        printer,
+        images: runtimes.images.plugin.clone(),
+        stack: runtimes.stack.plugin.clone(),
+        session,
+        runtimes,
+        layout,
+        log,
+        timings,
+    })
+}
+
+fn install_help(registry: &Registry, session: &Session) -> Vec<String> {
+    let req = ops::InstallRequest { target: session.info.clone() };
+    let mut lines = Vec::new();
+    for name in ["docker", "docker-compose"] {
+        if let Some(p) = registry.get(name).filter(|p| p.manifest().implements(ops::InstallHelp::NAME)) {
+            if let Ok(help) = p.call::<ops::InstallHelp>(&session.host().for_plugin(name), &req) {
+                lines.extend(help.lines);
+            }
+        }
+    }
+    lines
+}
+
+fn install_dependencies(registry: &Registry, session: &Session, printer: &Printer, log: &mut DeployLog) -> Result<()> {
+    let req = ops::InstallRequest { target: session.info.clone() };
+    for name in ["docker", "docker-compose"] {
+        let Some(plugin) = registry.get(name) else { continue };
+        let host = session.host().for_plugin(name);
+        if matches!(plugin.probe(&host, &session.info), Ok(p) if p.available) {
+            continue;
+        }
+        printer.status(&format!("installing {name} on {}", session.target));
+        let report = plugin.call::<ops::Install>(&host, &req).with_context(|| {
+            UserError::new(Code::RuntimeMissing, format!("installing {name} on {} failed", session.target))
+        })?;
+        for step in &report.steps {
+            printer.detail(step);
+            log.record("INFO", step);
+        }
+        // P18: verify after installing.
+        match plugin.probe(&host, &session.info) {
+            Ok(p) if p.available => {
+                printer.detail(&format!("{name} {} installed and verified", p.version.unwrap_or_default()));
+            }
+            Ok(p) => {
+                return Err(UserError::new(
+                    Code::RuntimeMissing,
+                    format!("{name} was installed but is not usable: {}", p.reason.unwrap_or_default()),
+                )
+                .into())
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("verifying {name} after installing it"))),
+        }
+    }
+    Ok(())
+}
