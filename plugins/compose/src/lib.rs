@@ -18,7 +18,7 @@ pub mod version;
 
 pub use stack::{Compose, Dialect};
 
-/// The oldest Compose v1 cultivate works with (`--env-file` on `up`).
+/// The oldest Compose v1 cultivate works with (the last v1 series; Debian bookworm ships 1.29.2).
 pub const MIN_COMPOSE_V1: &str = "1.29.0";
 /// The oldest Compose v2.
 pub const MIN_COMPOSE_V2: &str = "2.0.0";
