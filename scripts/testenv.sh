@@ -6,6 +6,7 @@
 # own Docker engine, separate from this machine's engine that builds images.
 #
 #   testenv.sh deps                      install what the targets need (apt)
+#   testenv.sh check-deps                exit 1 (naming them) if packages are missing
 #   testenv.sh up NAME engine            netns + sshd + dockerd (host's Docker 20.10, compose v1)
 #   testenv.sh up NAME bare              netns + bookworm root + sshd, no Docker at all
 #   testenv.sh up NAME trixie            netns + trixie root + sshd + Docker 26 / Compose v2
@@ -30,7 +31,7 @@ log() { printf 'testenv: %s\n' "$*" >&2; }
 die() { printf 'testenv: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -742,6 +743,7 @@ main() {
     shift
     case $cmd in
         deps) cmd_deps "$@" ;;
+        check-deps) require_deps ;;
         up) cmd_up "$@" ;;
         sshd-loopback) cmd_sshd_loopback "$@" ;;
         down) cmd_down "$@" ;;
