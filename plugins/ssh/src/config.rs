@@ -390,6 +390,11 @@ mod tests {
         assert_eq!(r.proxy_jump, vec!["bastion".to_string()]);
         let r = resolve_builtin_text(&parse_target("other@web-old:22").unwrap(), cfg);
         assert_eq!((r.host.as_str(), r.port, r.user.as_str()), ("web-old", 22, "other"));
+        // `web*` still applies; the negated first block does not.
+        assert_eq!(r.identity_files.len(), 1);
+        assert!(r.identity_files[0].ends_with(".ssh/k2"));
+        let r = resolve_builtin_text(&parse_target("db").unwrap(), cfg);
+        assert_eq!((r.host.as_str(), r.port, r.user.as_str()), ("db", 22, "fallback"));
         assert!(!r.identities_configured);
     }
 }
