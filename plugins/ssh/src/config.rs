@@ -304,11 +304,7 @@ pub fn resolve_builtin_text(spec: &TargetSpec, text: &str) -> Resolved {
             "hostname" => {
                 host_name.get_or_insert_with(|| value.replace("%h", &spec.host));
             }
-            "port" => {
-                if port.is_none() {
-                    port = value.parse().ok();
-                }
-            }
+            "port" if port.is_none() => port = value.parse().ok(),
             "user" => {
                 user.get_or_insert_with(|| value.to_string());
             }
