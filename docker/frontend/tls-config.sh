@@ -29,7 +29,7 @@ disable_https() {
 }
 
 pubkey_digest_cert() { openssl x509 -in "$1" -noout -pubkey | openssl pkey -pubin -outform DER | sha256sum | cut -d' ' -f1; }
-pubkey_digest_key() { openssl pkey -in "$1" -pubout -outform DER | sha256sum | cut -d' ' -f1; }
+pubkey_digest_key() { openssl pkey -inform PEM -passin pass: -in "$1" -pubout -outform DER | sha256sum | cut -d' ' -f1; }
 
 configure() {
     # Backend address into the shared locations (no template engine needed).
@@ -47,11 +47,12 @@ configure() {
         disable_https "certificate $CERT found but key $KEY is missing or unreadable"
         return 0
     fi
-    if ! openssl x509 -in "$CERT" -noout 2>/dev/null; then
+    # -inform PEM: OpenSSL 3 would otherwise also accept DER, which nginx cannot load.
+    if ! openssl x509 -inform PEM -in "$CERT" -noout 2>/dev/null; then
         disable_https "$CERT is not a PEM certificate (expected -----BEGIN CERTIFICATE-----)"
         return 0
     fi
-    if ! openssl pkey -in "$KEY" -noout 2>/dev/null; then
+    if ! openssl pkey -inform PEM -passin pass: -in "$KEY" -noout 2>/dev/null; then
         disable_https "$KEY is not a PEM private key (or it is encrypted)"
         return 0
     fi
