@@ -21,8 +21,6 @@ pub fn log_dir() -> PathBuf {
 /// Keeps the file writer alive; drop it last.
 pub struct LogGuard {
     _file: Option<WorkerGuard>,
-    /// The log file directory in use, if any.
-    pub dir: Option<PathBuf>,
 }
 
 /// The stderr filter for a verbosity: warnings by default, commands at `-v`, everything at `-vv`.
@@ -46,19 +44,19 @@ pub fn init(verbose: u8, quiet: bool) -> LogGuard {
         .with_target(false)
         .with_filter(EnvFilter::new(stderr_filter));
     let dir = log_dir();
-    let (file_layer, guard, used_dir) = match file_writer(&dir) {
+    let (file_layer, guard) = match file_writer(&dir) {
         Some((writer, guard)) => {
             let layer = fmt::layer()
                 .with_writer(writer)
                 .with_ansi(false)
                 .with_timer(timer)
                 .with_filter(EnvFilter::new("debug,cultivate=debug"));
-            (Some(layer), Some(guard), Some(dir))
+            (Some(layer), Some(guard))
         }
-        None => (None, None, None),
+        None => (None, None),
     };
     let _ = tracing_subscriber::registry().with(stderr_layer).with(file_layer).try_init();
-    LogGuard { _file: guard, dir: used_dir }
+    LogGuard { _file: guard }
 }
 
 fn file_writer(dir: &Path) -> Option<(tracing_appender::non_blocking::NonBlocking, WorkerGuard)> {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use crate::{ExecOutput, ExecRequest, Host, HostServices, LogLevel, PluginError};
 
 type Rule = (String, Result<ExecOutput, PluginError>);
+type Shared<T> = Arc<Mutex<Vec<T>>>;
 
 /// A scripted host. Clone it to keep a handle for assertions after giving a [`Host`] away.
 #[derive(Clone, Default)]
@@ -15,9 +16,9 @@ pub struct FakeHost {
     /// Every command run, as its display line.
     pub commands: Arc<Mutex<Vec<String>>>,
     /// Every file written: (path, mode, bytes).
-    pub files: Arc<Mutex<Vec<(String, u32, Vec<u8>)>>>,
+    pub files: Shared<(String, u32, Vec<u8>)>,
     /// Every log line: (level, plugin, message).
-    pub logs: Arc<Mutex<Vec<(LogLevel, String, String)>>>,
+    pub logs: Shared<(LogLevel, String, String)>,
 }
 
 impl FakeHost {

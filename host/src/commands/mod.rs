@@ -1,5 +1,6 @@
 //! One module per subcommand; each resolves its settings and calls one operation.
 
+mod certs;
 mod config;
 mod deploy;
 mod plugins;
@@ -7,7 +8,7 @@ mod target;
 
 use anyhow::Result;
 
-use crate::cli::{Cli, Command, ConfigCommand, LockCommand, PluginsCommand};
+use crate::cli::{CertsCommand, Cli, Command, ConfigCommand, LockCommand, PluginsCommand};
 use crate::output::Printer;
 
 /// Runs the parsed command.
@@ -33,22 +34,7 @@ pub fn run(cli: &Cli, printer: &Printer) -> Result<()> {
         Command::Logs(args) => target::logs(printer, config, args),
         Command::Lock(LockCommand::Status(args)) => target::lock(printer, config, args, false),
         Command::Lock(LockCommand::Release(args)) => target::lock(printer, config, args, true),
-        other => Err(anyhow::anyhow!("`{}` is not available yet", command_name(other))),
-    }
-}
-
-fn command_name(c: &Command) -> &'static str {
-    match c {
-        Command::Deploy(_) => "deploy",
-        Command::Rollback(_) => "rollback",
-        Command::Releases(_) => "releases",
-        Command::Status(_) => "status",
-        Command::Logs(_) => "logs",
-        Command::Certs(_) => "certs",
-        Command::Config(_) => "config",
-        Command::Init(_) => "init",
-        Command::Plugins(_) => "plugins",
-        Command::Lock(_) => "lock",
-        Command::Completions(_) => "completions",
+        Command::Certs(CertsCommand::Check(args)) => certs::check(printer, config, args),
+        Command::Certs(CertsCommand::Renew(args)) => certs::renew(printer, config, args),
     }
 }

@@ -399,8 +399,9 @@ fn build_remote(ctx: &mut Ctx<'_>, version: &str, context: &[u8]) -> Result<Vec<
 fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<TransferStats>> {
     let prefix = format!("{}-", ctx.settings.project);
     let on_target = ctx.images_op::<ops::ImageList>(&ops::ImageListRequest { prefix })?;
-    let chains: std::collections::HashSet<String> =
+    let mut chains: std::collections::HashSet<String> =
         on_target.iter().flat_map(|i| transfer::chain_keys(&i.layers)).collect();
+    // Only a classic image store is known to skip layers it has; anything else gets whole archives.
     let containerd = ctx
         .runtimes
         .images
@@ -408,7 +409,7 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
         .as_ref()
         .ok()
         .and_then(|p| p.details.get("image_store"))
-        .is_some_and(|s| s == "containerd");
+        .is_none_or(|s| s != "classic");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let docker = rt.block_on(build::local_engine())?;
     let mut stats = Vec::new();
@@ -452,6 +453,8 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
             stat.bytes_sent as f64 / 1048576.0,
             archive_bytes as f64 / 1048576.0
         ));
+        // Later images share the base layers just sent.
+        chains.extend(transfer::chain_keys(&image.layers));
         stats.push(stat);
     }
     Ok(stats)
