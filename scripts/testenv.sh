@@ -353,13 +353,59 @@ build_root_cache() {
     flock -u 7
 }
 
+cache_tree() {
+    # The cached tarball extracted once, used read-only as the lower layer
+    # of each target's overlay. Named by the tarball's mtime, so a rebuilt
+    # tarball never changes a tree that running targets use.
+    local suite=$1 tar tree
+    tar=$(cache_tar "$suite")
+    tree="$CACHE_DIR/testenv-$suite.$(stat -c %Y "$tar").root"
+    if [[ ! -f $tree.ok ]]; then
+        exec 7>"$CACHE_DIR/.testenv-$suite.lock"
+        flock -w 900 7 || die "timed out waiting for the $suite cache lock"
+        if [[ ! -f $tree.ok ]]; then
+            rm -rf --one-file-system "$tree"
+            mkdir -p "$tree"
+            tar --numeric-owner -C "$tree" -xpf "$tar"
+            touch "$tree.ok"
+        fi
+        flock -u 7
+    fi
+    echo "$tree"
+}
+
 root_up() {
-    # root_up DIR SUITE -> extracts, mounts, writes sshd config into the root
-    local dir=$1 suite=$2 r=$1/root
+    # root_up DIR SUITE -> the target's root at DIR/root, mounted, with its
+    # sshd config. The root is an overlay (the cached tree below, DIR/upper
+    # above): a few milliseconds instead of extracting hundreds of MB per
+    # target, and being a mount point of its own it needs no bind onto itself
+    # (which Docker 26's `docker load` needs: "remount /, flags: 0x84000").
+    # Docker's and containerd's stores are bind-mounted from DIR (overlay2
+    # does not work on top of overlayfs). TESTENV_ROOT_MODE=copy extracts the
+    # tarball instead and binds the root onto itself (the slower recipe).
+    local dir=$1 suite=$2 r=$1/root tree
     mkdir -p "$r"
-    tar --numeric-owner -C "$r" -xpf "$(cache_tar "$suite")"
-    mount --bind "$r" "$r"
-    mount --make-private "$r"
+    if [[ ${TESTENV_ROOT_MODE:-overlay} == overlay ]]; then
+        tree=$(cache_tree "$suite")
+        mkdir -p "$dir/upper" "$dir/work"
+        if mount -t overlay overlay -o "lowerdir=$tree,upperdir=$dir/upper,workdir=$dir/work" "$r"; then
+            mount --make-private "$r"
+            local store
+            for store in docker containerd; do
+                mkdir -p "$r/var/lib/$store" "$dir/var-lib-$store"
+                mount --bind "$dir/var-lib-$store" "$r/var/lib/$store"
+                mount --make-private "$r/var/lib/$store"
+            done
+        else
+            log "overlay mount failed; extracting the $suite root instead"
+            TESTENV_ROOT_MODE=copy
+        fi
+    fi
+    if [[ ${TESTENV_ROOT_MODE:-overlay} != overlay ]]; then
+        tar --numeric-owner -C "$r" -xpf "$(cache_tar "$suite")"
+        mount --bind "$r" "$r"
+        mount --make-private "$r"
+    fi
     local m
     for m in proc sys dev; do
         mount --rbind "/$m" "$r/$m"
@@ -605,12 +651,41 @@ kill_netns_procs() {
 }
 
 kill_rooted_procs() {
-    # processes chrooted into $1 (in case one left the netns)
-    local r=$1 p link
+    # Processes whose root directory is under $1: chrooted into a target's
+    # root, or containers of a target's engine (their root is a merged
+    # overlay under the engine's data root, their netns is not the
+    # target's). Left running when a target's dockerd died. Run before
+    # unmounting, while /proc/PID/root still names the path.
+    local r=$1 p link i found
     [[ -d $r ]] || return 0
+    for i in 1 2 3 4 5; do
+        found=0
+        for p in /proc/[0-9]*; do
+            link=$(readlink "$p/root" 2>/dev/null) || continue
+            if [[ $link == "$r" || $link == "$r"/* ]]; then
+                found=1
+                if ((i < 3)); then kill -TERM "${p#/proc/}" 2>/dev/null || true; else kill -KILL "${p#/proc/}" 2>/dev/null || true; fi
+            fi
+        done
+        ((found)) || return 0
+        sleep 0.5
+    done
+}
+
+kill_container_procs() {
+    # Processes of the containers of a target's engine: found by container
+    # ID in their cgroup (their root and network namespace are their own).
+    # Left running when a target's dockerd died before it could stop them.
+    local dir=$1 c id p ids=()
+    for c in "$dir"/data/containers/* "$dir"/root/var/lib/docker/containers/*; do
+        id=${c##*/}
+        [[ $id =~ ^[0-9a-f]{64}$ ]] && ids+=("$id")
+    done
+    ((${#ids[@]} > 0)) || return 0
+    local pattern
+    pattern=$(IFS='|'; echo "${ids[*]}")
     for p in /proc/[0-9]*; do
-        link=$(readlink "$p/root" 2>/dev/null) || continue
-        if [[ $link == "$r" || $link == "$r"/* ]]; then
+        if grep -qE "$pattern" "$p/cgroup" 2>/dev/null; then
             kill -KILL "${p#/proc/}" 2>/dev/null || true
         fi
     done
@@ -647,7 +722,8 @@ down_one() {
         [[ -n $kids ]] && kill -TERM $kids 2>/dev/null || true
     fi
     kill_netns_procs "$ns"
-    kill_rooted_procs "$dir/root"
+    kill_container_procs "$dir"
+    kill_rooted_procs "$dir"
 
     # 3. mounts, deepest first
     if [[ -d $dir ]]; then

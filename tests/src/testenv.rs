@@ -407,6 +407,32 @@ pub fn leftovers(name: &str, dir: &Path) -> Vec<String> {
     left
 }
 
+/// Processes on this machine that belong to the given containers (by full
+/// container ID in their cgroup): empty once a target's engine is gone.
+pub fn container_processes(ids: &[String]) -> Vec<String> {
+    let mut left = Vec::new();
+    if ids.is_empty() {
+        return left;
+    }
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return left;
+    };
+    for entry in procs.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cgroup) = std::fs::read_to_string(entry.path().join("cgroup")) else {
+            continue;
+        };
+        if let Some(id) = ids.iter().find(|id| cgroup.contains(id.as_str())) {
+            let cmd = std::fs::read_to_string(entry.path().join("cmdline")).unwrap_or_default().replace('\0', " ");
+            left.push(format!("process {pid} of container {id}: {}", cmd.trim()));
+        }
+    }
+    left
+}
+
 /// Names of this machine's veth interfaces (to check a target's is gone).
 pub fn host_links() -> Vec<String> {
     let out = Command::new("ip")
