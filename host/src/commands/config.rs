@@ -20,10 +20,19 @@ pub fn check(printer: &Printer, config: Option<&Path>, args: &TargetArgs) -> Res
     if printer.json() {
         printer.json_value(&value);
     } else {
+        strip_nulls(&mut value);
         printer.data(&toml::to_string_pretty(&value).unwrap_or_else(|_| value.to_string()));
         printer.success("configuration is valid");
     }
     Ok(())
+}
+
+/// TOML has no null: unset optional settings are left out of the human view.
+fn strip_nulls(v: &mut serde_json::Value) {
+    if let serde_json::Value::Object(map) = v {
+        map.retain(|_, x| !x.is_null());
+        map.values_mut().for_each(strip_nulls);
+    }
 }
 
 /// The commented example written by `cultivate init`.
