@@ -4,6 +4,7 @@
 //! End-to-end tests never skip silently: when `CI` is set, a missing
 //! prerequisite fails the test (see [`prereq::require`]).
 
+pub mod deploy;
 pub mod prereq;
 pub mod stack;
 pub mod testenv;
