@@ -43,8 +43,14 @@ pub struct SshConnection {
 }
 
 impl SshConnection {
-    pub(crate) fn new(mut sessions: Vec<Session>, sudo: bool, mut details: BTreeMap<String, String>) -> Self {
-        let target = sessions.pop().expect("connect_chain returns at least one session");
+    pub(crate) fn new(
+        mut sessions: Vec<Session>,
+        sudo: bool,
+        mut details: BTreeMap<String, String>,
+    ) -> Result<Self, PluginError> {
+        let Some(target) = sessions.pop() else {
+            return Err(PluginError::other("no ssh session was opened"));
+        };
         let facts = target.shared.facts.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let peer = target.spec.peer();
         details.insert("host_key_type".into(), facts.host_key_type);
@@ -58,7 +64,7 @@ impl SshConnection {
             details.insert("via".into(), sessions.iter().map(|s| s.spec.peer()).collect::<Vec<_>>().join(","));
         }
         let open_timeout = target.spec.connect_timeout.max(Duration::from_secs(10));
-        SshConnection {
+        Ok(SshConnection {
             inner: Arc::new(Inner {
                 handle: Arc::new(target.handle),
                 alive: target.alive,
@@ -70,7 +76,7 @@ impl SshConnection {
             sudo,
             open_timeout,
             closed: AtomicBool::new(false),
-        }
+        })
     }
 
     fn lost(&self, during: &str) -> PluginError {

@@ -42,7 +42,7 @@ impl SshPlugin {
     pub fn open(&self, spec: &ConnectSpec) -> Result<SshConnection, PluginError> {
         let (hops, details) = plan(spec)?;
         let sessions = runtime::block(session::connect_chain(hops))??;
-        Ok(SshConnection::new(sessions, spec.sudo, details))
+        SshConnection::new(sessions, spec.sudo, details)
     }
 }
 
