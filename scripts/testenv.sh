@@ -12,6 +12,8 @@
 #   testenv.sh up NAME trixie            netns + trixie root + sshd + Docker 26 / Compose v2
 #   testenv.sh sshd-loopback NAME [PORT] sshd on 127.0.0.1:PORT on this machine
 #   testenv.sh down NAME                 tear one target down (safe twice, after a crash)
+#   testenv.sh engine-stop NAME          stop a target's dockerd (fault tests)
+#   testenv.sh engine-start NAME         start it again, wait until it answers
 #   testenv.sh down-all                  tear every target down
 #   testenv.sh status                    list targets
 #
@@ -31,7 +33,7 @@ log() { printf 'testenv: %s\n' "$*" >&2; }
 die() { printf 'testenv: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -284,12 +286,6 @@ ipt_remove() {
     done
 }
 
-ipt_list() {
-    local c
-    c=$(ipt_comment "$1")
-    { iptables -w -S; iptables -w -t nat -S; } 2>/dev/null | grep -E -- "--comment \"?$c\"? " || true
-}
-
 # ---------------------------------------------------------------- roots (bare, trixie)
 
 cache_tar() { echo "$CACHE_DIR/testenv-$1.tar"; }
@@ -424,6 +420,75 @@ root_up() {
         /run/cultivate-sshd.pid >"$r/etc/ssh/cultivate_sshd_config"
 }
 
+# ---------------------------------------------------------------- engines
+
+start_engine() {
+    # start_engine DIR KIND NETNS: the target's dockerd, in the background
+    local dir=$1 kind=$2 ns=$3
+    case $kind in
+        engine)
+            # The config file must not set data-root (/etc/docker/daemon.json
+            # does, and a flag and the file may not both); it names its own
+            # trust key, from which Docker 20.10 derives the engine ID that
+            # `docker info` reports (else it shares this machine's ID).
+            printf '{"deprecated-key-path": "%s"}\n' "$dir/key.json" >"$dir/empty.json"
+            setsid nsenter --net="/var/run/netns/$ns" /usr/sbin/dockerd \
+                --config-file "$dir/empty.json" --data-root "$dir/data" --exec-root "$dir/exec" \
+                --host "unix://$dir/docker.sock" --pidfile "$dir/docker.pid" --mtu "$(mtu_of_uplink)" \
+                </dev/null >>"$dir/dockerd.log" 2>&1 7>&- 8>&- 9>&- &
+            ;;
+        trixie)
+            # inside the root: its own dockerd and containerd (Docker 26)
+            setsid nsenter --net="/var/run/netns/$ns" chroot "$dir/root" /bin/sh -c \
+                'exec /usr/sbin/dockerd --pidfile /run/docker.pid >>/var/log/dockerd.log 2>&1' \
+                </dev/null >/dev/null 2>&1 7>&- 8>&- 9>&- &
+            ln -sf root/run/docker.pid "$dir/docker.pid"
+            ;;
+        *) die "a $kind target has no engine started by this script" ;;
+    esac
+}
+
+engine_sock() {
+    local dir=$1
+    if [[ -S $dir/docker.sock ]]; then
+        echo "unix://$dir/docker.sock"
+    elif [[ -S $dir/root/run/docker.sock ]]; then
+        echo "unix://$dir/root/run/docker.sock"
+    fi
+}
+
+engine_answers() {
+    local sock
+    sock=$(engine_sock "$1")
+    [[ -n $sock ]] && docker -H "$sock" info
+}
+
+cmd_engine() {
+    # engine-stop NAME | engine-start NAME: for fault tests (containers
+    # stop with a stopped engine: Docker's default, no live-restore)
+    need_root
+    local action=$1 name=$2
+    check_name "$name"
+    local dir=$TESTENV_ROOT/$name kind
+    [[ -f $dir/target.json ]] || die "'$name' is not up"
+    kind=$(cat "$dir/kind")
+    case $action in
+        stop)
+            stop_pid "$(pidfile_pid "$dir/docker.pid")" 100
+            log "'$name': dockerd stopped"
+            ;;
+        start)
+            if pid_alive "$(pidfile_pid "$dir/docker.pid")"; then
+                log "'$name': dockerd already running"
+                return 0
+            fi
+            start_engine "$dir" "$kind" "$(cat "$dir/netns")"
+            wait_for "$UP_TIMEOUT" "dockerd of '$name'" engine_answers "$dir"
+            log "'$name': dockerd started"
+            ;;
+    esac
+}
+
 # ---------------------------------------------------------------- state files
 
 write_state() {
@@ -543,19 +608,12 @@ cmd_up() {
     net_up "$name" "$n"
     local mtu
     mtu=$(mtu_of_uplink)
+    echo "$ns" >"$dir/netns"
 
     case $kind in
         engine)
-            # The config file must not set data-root (/etc/docker/daemon.json
-            # does, and a flag and the file may not both); it names its own
-            # trust key, from which Docker 20.10 derives the engine ID that
-            # `docker info` reports (else it shares this machine's ID).
-            printf '{"deprecated-key-path": "%s"}\n' "$dir/key.json" >"$dir/empty.json"
             dh="unix://$dir/docker.sock"
-            setsid nsenter --net="/var/run/netns/$ns" /usr/sbin/dockerd \
-                --config-file "$dir/empty.json" --data-root "$dir/data" --exec-root "$dir/exec" \
-                --host "$dh" --pidfile "$dir/docker.pid" --mtu "$mtu" \
-                </dev/null >>"$dir/dockerd.log" 2>&1 7>&- 8>&- 9>&- &
+            start_engine "$dir" engine "$ns"
             sshd_config "$addr" 22 "$dir/ssh_host_ed25519_key" "$dir/authorized_keys" \
                 "$dir/sshd.pid" "$dh" >"$dir/sshd_config"
             mkdir -p /run/sshd
@@ -571,9 +629,7 @@ cmd_up() {
             if [[ $kind == trixie ]]; then
                 dh=unix:///var/run/docker.sock
                 echo "{\"mtu\": $mtu}" >"$dir/root/etc/docker/daemon.json"
-                setsid nsenter --net="/var/run/netns/$ns" chroot "$dir/root" /bin/sh -c \
-                    'exec /usr/sbin/dockerd --pidfile /run/docker.pid >>/var/log/dockerd.log 2>&1' \
-                    </dev/null >/dev/null 2>&1 7>&- 8>&- 9>&- &
+                start_engine "$dir" trixie "$ns"
                 ln -sf root/run/docker.pid "$dir/docker.pid"
             fi
             ;;
@@ -699,9 +755,8 @@ down_one() {
     rm -f "$dir/target.json"
 
     # 1. containers, through their engine
-    local sock=""
-    [[ -S $dir/docker.sock ]] && sock=unix://$dir/docker.sock
-    [[ -S $dir/root/run/docker.sock ]] && sock=unix://$dir/root/run/docker.sock
+    local sock
+    sock=$(engine_sock "$dir")
     if [[ -n $sock ]]; then
         local ids
         ids=$(timeout 10 docker -H "$sock" ps -aq 2>/dev/null || true)
@@ -769,12 +824,6 @@ all_names() {
     for d in "$TESTENV_ROOT"/*/; do
         [[ -d $d ]] && names+=("$(basename "$d")")
     done
-    # namespaces of ours whose state directory is gone (crash)
-    if [[ -d /var/run/netns ]]; then
-        for d in /var/run/netns/"$NS_PREFIX"*; do
-            [[ -e $d ]] && names+=("${d##*/"$NS_PREFIX"}")
-        done
-    fi
     ((${#names[@]} == 0)) || printf '%s\n' "${names[@]}" | sort -u
 }
 
@@ -823,6 +872,8 @@ main() {
         up) cmd_up "$@" ;;
         sshd-loopback) cmd_sshd_loopback "$@" ;;
         down) cmd_down "$@" ;;
+        engine-stop) (($# == 1)) || usage; cmd_engine stop "$1" ;;
+        engine-start) (($# == 1)) || usage; cmd_engine start "$1" ;;
         down-all) cmd_down_all "$@" ;;
         status) cmd_status "$@" ;;
         -h | --help | help) usage ;;

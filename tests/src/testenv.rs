@@ -136,6 +136,22 @@ fn run_script(args: &[&str]) -> Result<Output> {
         .with_context(|| format!("running {} {}", script.display(), args.join(" ")))
 }
 
+fn script_ok(args: &[&str]) -> Result<()> {
+    let out = run_script(args)?;
+    if !out.status.success() {
+        bail!("testenv.sh {} failed ({}):\n{}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn host_cmd(program: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false)
 }
@@ -328,6 +344,51 @@ impl Target {
             .with_context(|| format!("running {program} in netns {ns}"))
     }
 
+    /// Stops the target's dockerd (`testenv.sh engine-stop`); its
+    /// containers stop with it.
+    pub fn stop_engine(&self) -> Result<()> {
+        script_ok(&["engine-stop", &self.name])
+    }
+
+    /// Starts the target's dockerd again and waits until it answers.
+    pub fn start_engine(&self) -> Result<()> {
+        script_ok(&["engine-start", &self.name])
+    }
+
+    /// The veth on this machine's side of the target's link (`ctvN`).
+    pub fn veth(&self) -> Option<String> {
+        self.host_address.as_deref().and_then(veth_of)
+    }
+
+    /// Cuts (`false`) or restores (`true`) the target's network link.
+    pub fn set_link(&self, up: bool) -> Result<()> {
+        let veth = self.veth().context("a loopback target has no link")?;
+        host_cmd("ip", &["link", "set", &veth, if up { "up" } else { "down" }])
+    }
+
+    /// Limits the target's link to `rate` (tc's units: `"1mbit"`,
+    /// `"500kbit"`) in both directions with a token bucket (`tc tbf`);
+    /// `None` lifts the limit. (This kernel has no `netem`, so no delay or
+    /// loss emulation; cut the link with [`Target::set_link`] instead.)
+    pub fn limit_rate(&self, rate: Option<&str>) -> Result<()> {
+        let veth = self.veth().context("a loopback target has no link")?;
+        let ns = self.netns.clone().context("a loopback target has no link")?;
+        let netns_path = format!("--net=/var/run/netns/{ns}");
+        let sides: [(&str, Vec<&str>); 2] = [("tc", vec![]), ("nsenter", vec![netns_path.as_str(), "tc"])];
+        for (i, (program, prefix)) in sides.iter().enumerate() {
+            let dev = if i == 0 { veth.as_str() } else { "eth0" };
+            let mut args = prefix.clone();
+            match rate {
+                Some(rate) => args.extend([
+                    "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate, "burst", "32kbit", "latency", "400ms",
+                ]),
+                None => args.extend(["qdisc", "del", "dev", dev, "root"]),
+            }
+            host_cmd(program, &args)?;
+        }
+        Ok(())
+    }
+
     /// Keep the target after this value is dropped (for debugging; tear it
     /// down with `scripts/testenv.sh down NAME`).
     pub fn keep(mut self) -> Self {
@@ -345,11 +406,7 @@ impl Target {
 
 /// `testenv.sh down NAME`: safe when the target is not up.
 pub fn down(name: &str) -> Result<()> {
-    let out = run_script(&["down", name])?;
-    if !out.status.success() {
-        bail!("testenv.sh down {name} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
+    script_ok(&["down", name])
 }
 
 impl Drop for Target {

@@ -118,6 +118,29 @@ fn engine_target_has_its_own_engine() {
     let here = local("docker", &["ps", "-q", "--filter", "name=web8080"]).unwrap();
     assert!(here.is_empty(), "container on this machine's engine: {here}");
 
+    // faults: a cut link, then a stopped engine
+    t.set_link(false).unwrap();
+    let cut =
+        Command::new("curl").args(["-sf", "--max-time", "2", &format!("http://{}:8080/", t.address)]).status().unwrap();
+    assert!(!cut.success(), "answered through a cut link");
+    t.set_link(true).unwrap();
+    http_get(&format!("http://{}:8080/", t.address), Duration::from_secs(20)).expect("link restored");
+    // (without its container: dockerd would wait 10 s for httpd, which
+    // ignores SIGTERM as PID 1)
+    t.ssh_ok("docker rm -f web8080").unwrap();
+    t.stop_engine().unwrap();
+    assert!(!t.ssh("docker info").unwrap().status.success(), "engine still answers");
+    t.start_engine().unwrap();
+    t.ssh_ok("docker info").expect("engine answers again");
+    t.limit_rate(Some("2mbit")).unwrap();
+    let payload = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(payload.path(), vec![7u8; 512 * 1024]).unwrap();
+    let start = Instant::now();
+    t.ssh_with_input("cat >/dev/null", payload.path()).unwrap();
+    // 4 Mbit at 2 Mbit/s
+    assert!(start.elapsed() >= Duration::from_millis(1500), "rate limit not applied: {:?}", start.elapsed());
+    t.limit_rate(None).unwrap();
+
     down_and_check_clean(t);
 }
 
