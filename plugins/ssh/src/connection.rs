@@ -176,7 +176,7 @@ async fn pump(
     mut read: ChannelReadHalf,
     tx: std_mpsc::Sender<Event>,
     budget: Arc<Semaphore>,
-    done: watch::Sender<bool>,
+    done: watch::Sender<Done>,
     alive: Alive,
     peer: String,
     shared: Arc<crate::session::Shared>,
@@ -195,8 +195,9 @@ async fn pump(
         }
     };
     let finish = |ev: Event| {
+        let state = if matches!(ev, Event::Exit(_)) { Done::Exited } else { Done::Failed };
         let _ = tx.send(ev);
-        let _ = done.send(true);
+        done.send_replace(state);
     };
     loop {
         let msg = tokio::select! {
@@ -243,7 +244,23 @@ async fn pump(
             }
         }
     }
-    let _ = done.send(true);
+    done.send_if_modified(|d| {
+        let running = *d == Done::Running;
+        if running {
+            *d = Done::Exited;
+        }
+        running
+    });
+}
+
+/// Where a channel's command is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Done {
+    Running,
+    /// Exited (status queued for `next_event`).
+    Exited,
+    /// Failed or the connection was lost (error queued).
+    Failed,
 }
 
 impl Connection for SshConnection {
@@ -292,7 +309,7 @@ impl Connection for SshConnection {
         let (read, write) = ch.split();
         let (tx, rx) = std_mpsc::channel();
         let budget = Arc::new(Semaphore::new(OUTPUT_BUFFER_BYTES));
-        let (done_tx, done_rx) = watch::channel(false);
+        let (done_tx, done_rx) = watch::channel(Done::Running);
         crate::runtime::spawn(pump(
             read,
             tx,
@@ -383,7 +400,7 @@ pub struct SshChannel {
     write: Arc<ChannelWriteHalf<Msg>>,
     rx: std_mpsc::Receiver<Event>,
     budget: Arc<Semaphore>,
-    done: watch::Receiver<bool>,
+    done: watch::Receiver<Done>,
     alive: Alive,
     eof_sent: bool,
     finished: bool,
@@ -395,6 +412,23 @@ impl SshChannel {
     fn lost(&self) -> PluginError {
         lost_error(&self.peer, "while a command was running", &self.shared)
     }
+
+    /// `Some` once the command is over: writes to an exited command go
+    /// nowhere, like a pipe to an exited process (its status comes from
+    /// `next_event`); after a failure or a lost connection they fail.
+    fn when_over(&self) -> Option<Result<(), PluginError>> {
+        let state = if self.finished { Done::Exited } else { *self.done.borrow() };
+        match state {
+            Done::Running if self.alive.is_gone() => Some(Err(self.lost())),
+            Done::Running => None,
+            Done::Exited => Some(Ok(())),
+            Done::Failed if self.alive.is_gone() => Some(Err(self.lost())),
+            Done::Failed => Some(Err(PluginError::new(
+                ErrorKind::CommandFailed,
+                format!("the command on {} failed to start", self.peer),
+            ))),
+        }
+    }
 }
 
 impl Channel for SshChannel {
@@ -402,9 +436,10 @@ impl Channel for SshChannel {
         if self.eof_sent {
             return Err(PluginError::invalid("stdin of the command is already closed"));
         }
-        if data.is_empty() || self.finished || *self.done.borrow() {
-            // The command is over: like a pipe to an exited process, the bytes go nowhere;
-            // its exit status comes from next_event.
+        if let Some(r) = self.when_over() {
+            return r;
+        }
+        if data.is_empty() {
             return Ok(());
         }
         let write = self.write.clone();
@@ -415,24 +450,27 @@ impl Channel for SshChannel {
         let r = block(async move {
             tokio::select! {
                 r = write.data_bytes(bytes) => Some(r.is_ok()),
-                _ = done.wait_for(|d| *d) => Some(true),
+                _ = done.wait_for(|d| *d != Done::Running) => Some(true),
                 _ = alive.gone() => None,
             }
         })?;
+        if let Some(r) = self.when_over() {
+            return r;
+        }
         match r {
             Some(true) => Ok(()),
-            Some(false) if !*self.done.borrow() && !self.alive.is_gone() => {
-                Err(PluginError::other(format!("cannot write to the command on {}", self.peer)))
-            }
-            Some(false) if *self.done.borrow() => Ok(()),
-            _ => Err(self.lost()),
+            Some(false) => Err(PluginError::other(format!("cannot write to the command on {}", self.peer))),
+            None => Err(self.lost()),
         }
     }
 
     fn close_stdin(&mut self) -> Result<(), PluginError> {
-        if self.eof_sent || self.finished || *self.done.borrow() {
-            self.eof_sent = true;
+        if self.eof_sent {
             return Ok(());
+        }
+        if let Some(r) = self.when_over() {
+            self.eof_sent = true;
+            return r;
         }
         self.eof_sent = true;
         let write = self.write.clone();
@@ -486,7 +524,7 @@ impl Drop for SshChannel {
     fn drop(&mut self) {
         // Stop the pump (it may wait for buffer space) and close the channel.
         self.budget.close();
-        if !self.finished && !*self.done.borrow() {
+        if !self.finished && *self.done.borrow() == Done::Running {
             let write = self.write.clone();
             let _ = crate::runtime::spawn(async move {
                 let _ = write.eof().await;

@@ -322,6 +322,9 @@ async fn tcp_connect(spec: &HopSpec) -> Result<tokio::net::TcpStream, PluginErro
     }
     let mut last: Option<PluginError> = None;
     for addr in addrs {
+        // `host:port (address)` when the name is not already the address.
+        let hostport =
+            if addr.ip().to_string() == spec.host { hostport.clone() } else { format!("{hostport} ({addr})") };
         match with_timeout(t, tokio::net::TcpStream::connect(addr)).await {
             Some(Ok(s)) => {
                 let _ = s.set_nodelay(true);
@@ -331,23 +334,17 @@ async fn tcp_connect(spec: &HopSpec) -> Result<tokio::net::TcpStream, PluginErro
                 let err = match e.kind() {
                     std::io::ErrorKind::ConnectionRefused => PluginError::new(
                         ErrorKind::ConnectionRefused,
-                        format!("connection to {hostport} ({addr}) refused: nothing listens on port {}", spec.port),
+                        format!("connection to {hostport} refused: nothing listens on port {}", spec.port),
                     )
                     .with_hint("check the port, and that sshd is running on the target (systemctl status ssh)"),
                     _ => {
                         let unreachable = matches!(e.raw_os_error(), Some(code) if code == 101 || code == 113);
                         if unreachable {
-                            PluginError::new(
-                                ErrorKind::HostUnreachable,
-                                format!("host {hostport} ({addr}) is unreachable: {e}"),
-                            )
-                            .with_hint("check the address, the network route and VPN")
+                            PluginError::new(ErrorKind::HostUnreachable, format!("host {hostport} is unreachable: {e}"))
+                                .with_hint("check the address, the network route and VPN")
                         } else {
-                            PluginError::new(
-                                ErrorKind::HostUnreachable,
-                                format!("cannot connect to {hostport} ({addr}): {e}"),
-                            )
-                            .with_hint("check the address, the network and firewalls")
+                            PluginError::new(ErrorKind::HostUnreachable, format!("cannot connect to {hostport}: {e}"))
+                                .with_hint("check the address, the network and firewalls")
                         }
                     }
                 };
@@ -357,7 +354,7 @@ async fn tcp_connect(spec: &HopSpec) -> Result<tokio::net::TcpStream, PluginErro
                 last = Some(
                     PluginError::new(
                         ErrorKind::Timeout,
-                        format!("TCP connection to {hostport} ({addr}) timed out after {secs}s"),
+                        format!("TCP connection to {hostport} timed out after {secs}s"),
                     )
                     .with_hint(
                         "check that the host is up and a firewall does not drop packets to the port; \
@@ -423,10 +420,49 @@ fn handshake_error(peer: &str, e: &russh::Error, disconnect: Option<String>) -> 
     }
 }
 
-/// Loads a private key file, with the passphrase from the environment if it is encrypted.
+/// Asks for a passphrase on the controlling terminal with echo off; `None`
+/// without a terminal (scripts, CI): then only the environment variable works.
+fn prompt_passphrase(path: &std::path::Path) -> Option<String> {
+    use std::io::{BufRead, IsTerminal, Write};
+    use std::os::fd::AsRawFd;
+    if !std::io::stdin().is_terminal() {
+        return None;
+    }
+    let tty = std::fs::OpenOptions::new().read(true).write(true).open("/dev/tty").ok()?;
+    let fd = tty.as_raw_fd();
+    // SAFETY: termios is plain data filled by tcgetattr on a valid, open fd.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` stays open for the calls below (we own `tty`).
+    if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
+        return None;
+    }
+    let mut quiet = saved;
+    quiet.c_lflag &= !libc::ECHO;
+    quiet.c_lflag |= libc::ECHONL;
+    // SAFETY: as above.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+    let mut out = &tty;
+    let _ = write!(out, "Enter passphrase for key {}: ", path.display());
+    let _ = out.flush();
+    let mut line = String::new();
+    let read = std::io::BufReader::new(&tty).read_line(&mut line);
+    // SAFETY: restores the settings read above on the same fd.
+    unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+    read.ok()?;
+    Some(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Loads a private key file; an encrypted one takes its passphrase from the
+/// environment, or from a prompt on the terminal.
 fn load_key(path: &std::path::Path) -> Result<PrivateKey, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
-    let pass = std::env::var(PASSPHRASE_ENV).ok();
+    let mut pass = std::env::var(PASSPHRASE_ENV).ok();
+    if pass.is_none() {
+        let encrypted = matches!(russh::keys::decode_secret_key(&text, None), Err(russh::keys::Error::KeyIsEncrypted));
+        if encrypted {
+            pass = prompt_passphrase(path);
+        }
+    }
     match russh::keys::decode_secret_key(&text, pass.as_deref()) {
         Ok(k) => Ok(k),
         Err(e) => {
@@ -436,9 +472,9 @@ fn load_key(path: &std::path::Path) -> Result<PrivateKey, String> {
                     .map(|e| matches!(e, russh::keys::Error::KeyIsEncrypted))
                     .unwrap_or(false);
             if encrypted && pass.is_none() {
-                Err(format!("the key is encrypted: set {PASSPHRASE_ENV} to its passphrase"))
+                Err(format!("the key is encrypted: set {PASSPHRASE_ENV} to its passphrase (no terminal to ask on)"))
             } else if encrypted {
-                Err(format!("cannot decrypt with the passphrase in {PASSPHRASE_ENV}: {e}"))
+                Err(format!("cannot decrypt with the given passphrase ({PASSPHRASE_ENV} or the prompt): {e}"))
             } else {
                 Err(format!("not a private key this client can use: {e}"))
             }
