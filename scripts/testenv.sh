@@ -576,6 +576,10 @@ cmd_up() {
     check_name "$name"
     case $kind in engine | bare | trixie) ;; *) die "unknown kind '$kind' (engine, bare, trixie)" ;; esac
     require_deps
+    if [[ $kind == engine ]]; then
+        [[ -x /usr/sbin/dockerd ]] && command -v docker >/dev/null ||
+            die "an engine target runs this machine's /usr/sbin/dockerd and docker client: not installed"
+    fi
     lock_name "$name"
     local dir=$TESTENV_ROOT/$name
     if [[ -f $dir/target.json && $(cat "$dir/kind" 2>/dev/null) == "$kind" ]] && healthy "$dir"; then
