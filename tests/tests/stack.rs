@@ -772,9 +772,10 @@ fn p13_certificate_mounting() {
 }
 
 /// P14: a bad certificate (not PEM, expired, not yet valid, key mismatch) is
-/// refused before it is used: the frontend keeps HTTP only and says why. The
-/// pure validation (what `cultivate` runs before mounting) is unit-tested in
-/// host/src/certs.rs.
+/// refused before it is mounted — by `cultivate certs check` (the
+/// validation in host/src/certs.rs, also unit- and proptested there) — and,
+/// should one get through, at container start: the frontend keeps HTTP only
+/// and says why.
 #[test]
 fn p14_certificate_validation() {
     ready_or_skip!();
@@ -788,15 +789,48 @@ fn p14_certificate_validation() {
     openssl(tmp.path(), &["x509", "-in", "c.pem", "-outform", "DER", "-out", "c.der"]);
     let der = std::fs::read(tmp.path().join("c.der")).unwrap();
 
-    let cases: Vec<(&str, &[u8], &[u8], &str)> = vec![
-        ("not PEM (garbage)", b"hello, not a certificate\n", &good.key, "not a PEM certificate"),
-        ("not PEM (DER)", &der, &good.key, "not a PEM certificate"),
-        ("key not PEM", &good.cert, b"not a key\n", "not a PEM private key"),
-        ("expired", &expired.cert, &expired.key, "has expired"),
-        ("not yet valid", &future.cert, &future.key, "not valid yet"),
-        ("key mismatch", &good.cert, &other.key, "do not match"),
+    // (case, certificate, key, frontend's message, cultivate's message)
+    let cases: Vec<(&str, &[u8], &[u8], &str, &str)> = vec![
+        (
+            "not PEM (garbage)",
+            b"hello, not a certificate\n",
+            &good.key,
+            "not a PEM certificate",
+            "is not a PEM certificate",
+        ),
+        ("not PEM (DER)", &der, &good.key, "not a PEM certificate", "binary data, probably DER"),
+        ("key not PEM", &good.cert, b"not a key\n", "not a PEM private key", "is not a PEM private key"),
+        ("expired", &expired.cert, &expired.key, "has expired", "expired on 2020-02-01"),
+        ("not yet valid", &future.cert, &future.key, "not valid yet", "is not valid before 2099-01-01"),
+        ("key mismatch", &good.cert, &other.key, "do not match", "is not the private key of"),
     ];
-    for (what, cert, key, message) in cases {
+
+    // Before mounting: `cultivate certs check` (host/src/certs.rs) refuses
+    // each, naming the file; the good pair passes.
+    let bin = cultivate_e2e::deploy::binary();
+    let cli = |cert: &[u8], key: &[u8]| {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("fullchain.pem"), cert).unwrap();
+        std::fs::write(d.path().join("privkey.pem"), key).unwrap();
+        run(Command::new(&bin)
+            .args(["certs", "check", "--cert", "fullchain.pem", "--key", "privkey.pem"])
+            .current_dir(d.path()))
+    };
+    for (what, cert, key, _, message) in &cases {
+        let out = cli(cert, key);
+        assert!(!out.status.success(), "cultivate accepted {what}: {}", text(&out));
+        assert!(text(&out).contains(message), "{what}: {}", text(&out));
+        assert!(text(&out).contains(".pem"), "{what}: the message names the file: {}", text(&out));
+    }
+    let out = cli(&good.cert, &good.key);
+    assert!(out.status.success(), "{}", text(&out));
+    let soon = openssl_cert(&date_utc("-1 day"), &date_utc("+10 days"));
+    let out = cli(&soon.cert, &soon.key);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("expires on"), "expiry warning: {}", text(&out));
+
+    // At container start: the frontend refuses to enable HTTPS with each.
+    for (what, cert, key, message, _) in cases {
         let dir = cert_dir(Some(cert), Some(key));
         let (c, http_port, https_port) = frontend_alone(dir.path());
         assert_eq!(served_cert_fingerprint(https_port), None, "{what}: HTTPS enabled");
@@ -809,6 +843,11 @@ fn p14_certificate_validation() {
     let dir = cert_dir(Some(&good.cert), Some(&good.key));
     let (c, _, https_port) = frontend_alone(dir.path());
     assert_eq!(served_cert_fingerprint(https_port), Some(cert_fingerprint(&good.cert)), "{}", c.logs());
+}
+
+/// `date -u -d WHEN` as `YYYYMMDDHHMMSSZ` (openssl ca's format).
+fn date_utc(when: &str) -> String {
+    run_ok(Command::new("date").args(["-u", "-d", when, "+%Y%m%d%H%M%SZ"])).trim().to_string()
 }
 
 fn image_ids() -> Vec<String> {
