@@ -790,7 +790,7 @@ fn p14_certificate_validation() {
     let der = std::fs::read(tmp.path().join("c.der")).unwrap();
 
     // (case, certificate, key, frontend's message, cultivate's message)
-    let cases: Vec<(&str, &[u8], &[u8], &str, &str)> = vec![
+    let cases: Vec<BadPair> = vec![
         (
             "not PEM (garbage)",
             b"hello, not a certificate\n",
@@ -844,6 +844,9 @@ fn p14_certificate_validation() {
     let (c, _, https_port) = frontend_alone(dir.path());
     assert_eq!(served_cert_fingerprint(https_port), Some(cert_fingerprint(&good.cert)), "{}", c.logs());
 }
+
+/// (case, certificate, key, frontend's message, cultivate's message).
+type BadPair<'a> = (&'a str, &'a [u8], &'a [u8], &'a str, &'a str);
 
 /// `date -u -d WHEN` as `YYYYMMDDHHMMSSZ` (openssl ca's format).
 fn date_utc(when: &str) -> String {
