@@ -85,8 +85,9 @@ cmd_deps() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
-    # The package starts the machine's own sshd where an init system runs;
-    # the test hosts start their own instances and need none of it.
+    # (On this machine kind there is no init system, so installing
+    # openssh-server starts no sshd of the machine's own; the targets run
+    # their own instances with their own configs.)
     mapfile -t pkgs < <(missing_packages)
     ((${#pkgs[@]} == 0)) || die "deps: still missing: ${pkgs[*]}"
     log "deps: done"
@@ -141,6 +142,23 @@ stop_pid() {
 }
 
 pidfile_pid() { [[ -s $1 ]] && tr -dc '0-9' <"$1" || true; }
+
+# target_pid PIDFILE DIR: the PID in PIDFILE if that process belongs to the
+# target in DIR (its command line names DIR, or its root is under DIR), so
+# that a stale PID file never gets an unrelated process killed
+target_pid() {
+    local pid link cmd
+    pid=$(pidfile_pid "$1")
+    [[ -n $pid ]] && pid_alive "$pid" || return 0
+    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || true
+    if [[ $cmd == *"$2/"* ]]; then
+        echo "$pid"
+        return 0
+    fi
+    link=$(readlink "/proc/$pid/root" 2>/dev/null) || return 0
+    [[ $link == "$2"/* ]] && echo "$pid"
+    return 0
+}
 
 mounts_under() {
     # mount points at or below $1, deepest first
@@ -229,15 +247,15 @@ EOF
 
 allocate_n() {
     # called with the global lock held
-    local n used=" "
-    local f
+    local n used=" " f addrs
     for f in "$TESTENV_ROOT"/*/n; do
         [[ -f $f ]] && used+="$(cat "$f") "
     done
+    addrs=$(ip -4 -o addr show)
     for ((n = 10; n < 250; n++)); do
         [[ $used == *" $n "* ]] && continue
         ip link show "$VETH_PREFIX$n" >/dev/null 2>&1 && continue
-        ip -4 addr show | grep -q "inet 10\.77\.$n\." && continue
+        [[ $addrs == *"inet 10.77.$n."* ]] && continue
         echo "$n"
         return 0
     done
@@ -416,7 +434,7 @@ root_up() {
     cp "$dir/ssh_host_ed25519_key" "$dir/ssh_host_ed25519_key.pub" "$r/etc/ssh/"
     cp "$dir/authorized_keys" "$r/root/.ssh/authorized_keys"
     chmod 700 "$r/root/.ssh"
-    sshd_config 10.77.$(cat "$dir/n").2 22 /etc/ssh/ssh_host_ed25519_key /root/.ssh/authorized_keys \
+    sshd_config "10.77.$(cat "$dir/n").2" 22 /etc/ssh/ssh_host_ed25519_key /root/.ssh/authorized_keys \
         /run/cultivate-sshd.pid >"$r/etc/ssh/cultivate_sshd_config"
 }
 
@@ -474,11 +492,11 @@ cmd_engine() {
     kind=$(cat "$dir/kind")
     case $action in
         stop)
-            stop_pid "$(pidfile_pid "$dir/docker.pid")" 100
+            stop_pid "$(target_pid "$dir/docker.pid" "$dir")" 100
             log "'$name': dockerd stopped"
             ;;
         start)
-            if pid_alive "$(pidfile_pid "$dir/docker.pid")"; then
+            if pid_alive "$(target_pid "$dir/docker.pid" "$dir")"; then
                 log "'$name': dockerd already running"
                 return 0
             fi
@@ -543,6 +561,7 @@ healthy() {
     (
         # shellcheck disable=SC1091
         source "$dir/env"
+        # shellcheck disable=SC2153
         target_ssh "$dir" "$TESTENV_ADDRESS" "$TESTENV_PORT" true
         if [[ -n $TESTENV_DOCKER_HOST ]]; then
             target_ssh "$dir" "$TESTENV_ADDRESS" "$TESTENV_PORT" docker info
@@ -577,7 +596,7 @@ cmd_up() {
     case $kind in engine | bare | trixie) ;; *) die "unknown kind '$kind' (engine, bare, trixie)" ;; esac
     require_deps
     if [[ $kind == engine ]]; then
-        [[ -x /usr/sbin/dockerd ]] && command -v docker >/dev/null ||
+        { [[ -x /usr/sbin/dockerd ]] && command -v docker >/dev/null; } ||
             die "an engine target runs this machine's /usr/sbin/dockerd and docker client: not installed"
     fi
     lock_name "$name"
@@ -770,9 +789,9 @@ down_one() {
         fi
     fi
     # 2. the engine, then sshd (and its sessions), then anything else in the netns
-    stop_pid "$(pidfile_pid "$dir/docker.pid")" 100
+    stop_pid "$(target_pid "$dir/docker.pid" "$dir")" 100
     local sshd
-    sshd=$(pidfile_pid "$dir/sshd.pid")
+    sshd=$(target_pid "$dir/sshd.pid" "$dir")
     if pid_alive "$sshd"; then
         local kids
         kids=$(ps -o pid= --ppid "$sshd" 2>/dev/null || true)
@@ -810,7 +829,8 @@ down_one() {
         [[ -z $(mounts_under "$dir") ]] || die "refusing to remove $dir: still mounted"
         rm -rf --one-file-system "$dir"
     fi
-    rm -f "$TESTENV_ROOT/.$name.lock"
+    # (the lock file stays: deleting it under a waiting `flock` would let
+    # two holders in)
     return 0
 }
 
@@ -843,24 +863,25 @@ cmd_down_all() {
 }
 
 cmd_status() {
-    local name dir state
+    local name dir
     printf '%-20s %-9s %-16s %-6s %-8s %s\n' NAME KIND ADDRESS PORT SSHD DOCKERD
     while IFS= read -r name; do
         [[ -n $name ]] || continue
         dir=$TESTENV_ROOT/$name
-        local kind=? addr=? port=? s=down d=-
+        local kind='?' addr='?' port='?' s=down d=-
         [[ -f $dir/kind ]] && kind=$(cat "$dir/kind")
         if [[ -f $dir/env ]]; then
             # shellcheck disable=SC1091
             addr=$(source "$dir/env" && echo "$TESTENV_ADDRESS")
+            # shellcheck disable=SC1091
             port=$(source "$dir/env" && echo "$TESTENV_PORT")
         elif [[ ! -f $dir/target.json ]]; then
             addr="(not up)"
         fi
-        pid_alive "$(pidfile_pid "$dir/sshd.pid")" && s=up
+        pid_alive "$(target_pid "$dir/sshd.pid" "$dir")" && s=up
         if [[ $kind == engine || $kind == trixie ]]; then
             d=down
-            pid_alive "$(pidfile_pid "$dir/docker.pid")" && d=up
+            pid_alive "$(target_pid "$dir/docker.pid" "$dir")" && d=up
         fi
         printf '%-20s %-9s %-16s %-6s %-8s %s\n' "$name" "$kind" "$addr" "$port" "$s" "$d"
     done < <(all_names)
