@@ -81,10 +81,20 @@ cmd_deps() {
         log "deps: everything is installed"
         return 0
     fi
+    # tests running in parallel may all get here: one installs, the others
+    # wait and find everything there
+    mkdir -p "$CACHE_DIR"
+    exec 7>"$CACHE_DIR/.testenv-deps.lock"
+    flock -w 900 7 || die "timed out waiting for $CACHE_DIR/.testenv-deps.lock"
+    mapfile -t pkgs < <(missing_packages)
+    if ((${#pkgs[@]} == 0)); then
+        log "deps: everything is installed"
+        return 0
+    fi
     log "deps: installing ${pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+    apt-get -o DPkg::Lock::Timeout=300 update -qq
+    apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
     # (On this machine kind there is no init system, so installing
     # openssh-server starts no sshd of the machine's own; the targets run
     # their own instances with their own configs.)
