@@ -3,6 +3,7 @@
 //! 1. The build context is a tar made here: the stack's `docker/` directory
 //!    and the application under `app/` (so the Dockerfiles see `APP_DIR=app`),
 //!    with fixed times and owners so an unchanged tree hits the build cache.
+//!    Vendored `node_modules` go along; `.git`, `dist`, `target` and `.env*` never do.
 //! 2. Local builds go to this machine's engine through its API (bollard),
 //!    streaming each step; remote builds send the same tar over the transport
 //!    and run the runtime plugin's build command there.
@@ -41,7 +42,8 @@ pub fn image_ref(project: &str, service: &str, version: &str) -> String {
 fn skip(rel: &Path) -> bool {
     rel.components().any(|c| {
         let s = c.as_os_str().to_string_lossy();
-        s == "node_modules" || s == ".git" || s == "dist" || s == ".env" || s.starts_with(".env.") || s == "target"
+        // node_modules stays: without a registry, vendored dependencies are how an app gets them.
+        s == ".git" || s == "dist" || s == ".env" || s.starts_with(".env.") || s == "target"
     })
 }
 
@@ -208,7 +210,7 @@ mod tests {
             archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
         assert!(names.iter().any(|n| n == "docker/Dockerfile.backend"), "{names:?}");
         assert!(names.iter().any(|n| n.starts_with("app/backend/")), "{names:?}");
-        assert!(!names.iter().any(|n| n.contains("node_modules") || n.contains(".env")), "{names:?}");
+        assert!(!names.iter().any(|n| n.contains(".env") || n.contains("/dist/")), "{names:?}");
     }
 
     #[test]
