@@ -440,6 +440,11 @@ root_up() {
     findmnt -rn "$r/sys/fs/cgroup" >/dev/null || { mount --rbind /sys/fs/cgroup "$r/sys/fs/cgroup" && mount --make-rslave "$r/sys/fs/cgroup"; }
     rm -f "$r/etc/resolv.conf"
     cp /etc/resolv.conf "$r/etc/resolv.conf"
+    # the root shares this machine's hostname (UTS namespace); as on a
+    # Debian install, let it resolve (else sudo warns on every call)
+    local host
+    host=$(hostname)
+    grep -qw -- "$host" "$r/etc/hosts" 2>/dev/null || printf '127.0.1.1\t%s\n' "$host" >>"$r/etc/hosts"
     mkdir -p "$r/run/sshd" "$r/root/.ssh" "$r/etc/ssh"
     cp "$dir/ssh_host_ed25519_key" "$dir/ssh_host_ed25519_key.pub" "$r/etc/ssh/"
     cp "$dir/authorized_keys" "$r/root/.ssh/authorized_keys"
