@@ -359,16 +359,8 @@ impl Connection for SshConnection {
     }
 }
 
-impl Drop for SshConnection {
-    fn drop(&mut self) {
-        if !self.closed.load(Ordering::SeqCst) {
-            let inner = self.inner.clone();
-            let _ = crate::runtime::spawn(async move {
-                let _ = inner.handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
-            });
-        }
-    }
-}
+// No Drop for SshConnection: russh ends the session once the handle and every
+// channel are gone, so a channel still in use outlives the connection object.
 
 /// Writes a file atomically: the bytes go to a temporary name next to the
 /// destination, whose size is checked before it is renamed over it, so a cut
