@@ -37,6 +37,8 @@ pub struct Resolved {
     pub proxy_jump: Vec<String>,
     /// UserKnownHostsFile (the first one).
     pub known_hosts: Option<PathBuf>,
+    /// ProxyCommand, which this transport cannot run (refused with a hint).
+    pub proxy_command: Option<String>,
 }
 
 /// Which mechanism resolved the config.
@@ -226,6 +228,7 @@ pub fn parse_ssh_g(text: &str, alias: &str) -> Resolved {
             "user" => r.user = value.to_string(),
             "identityfile" => identities.push(value.to_string()),
             "proxyjump" => r.proxy_jump = split_jumps(value),
+            "proxycommand" if !value.eq_ignore_ascii_case("none") => r.proxy_command = Some(value.to_string()),
             "userknownhostsfile" => {
                 r.known_hosts = value.split_whitespace().next().map(PathBuf::from);
             }
@@ -271,6 +274,7 @@ pub fn resolve_builtin_text(spec: &TargetSpec, text: &str) -> Resolved {
     let mut user: Option<String> = None;
     let mut identities: Vec<String> = Vec::new();
     let mut jump: Option<String> = None;
+    let mut proxy_command: Option<String> = None;
     let mut known_hosts: Option<String> = None;
     let mut active = true;
     let alias = spec.host.to_ascii_lowercase();
@@ -312,6 +316,9 @@ pub fn resolve_builtin_text(spec: &TargetSpec, text: &str) -> Resolved {
             "proxyjump" => {
                 jump.get_or_insert_with(|| value.to_string());
             }
+            "proxycommand" => {
+                proxy_command.get_or_insert_with(|| value.to_string());
+            }
             "userknownhostsfile" => {
                 known_hosts.get_or_insert_with(|| value.split_whitespace().next().unwrap_or("").to_string());
             }
@@ -331,6 +338,7 @@ pub fn resolve_builtin_text(spec: &TargetSpec, text: &str) -> Resolved {
     Resolved {
         alias: spec.host.clone(),
         proxy_jump: jump.as_deref().map(split_jumps).unwrap_or_default(),
+        proxy_command: proxy_command.filter(|c| !c.eq_ignore_ascii_case("none")),
         known_hosts: known_hosts.filter(|k| !k.is_empty()).map(|k| expand_path(&k, &host, &user, port)),
         host,
         port,
@@ -373,6 +381,18 @@ mod tests {
         let r = parse_ssh_g(defaults, "h");
         assert!(!r.identities_configured);
         assert!(r.identity_files[0].ends_with("id_ed25519"));
+    }
+
+    proptest::proptest! {
+        /// Whatever the user writes, parsing and config reading never panic.
+        #[test]
+        fn no_panics_on_any_input(target in "\\PC{0,40}", cfg in "(\\PC{0,30}\n){0,8}", g in "\\PC{0,80}") {
+            let _ = parse_target(&target);
+            let spec = TargetSpec { user: None, host: target.clone(), port: None };
+            let _ = resolve_builtin_text(&spec, &cfg);
+            let _ = parse_ssh_g(&g, &target);
+            let _ = expand_path(&target, "h", "u", 22);
+        }
     }
 
     #[test]

@@ -253,6 +253,16 @@ mod tests {
         russh::keys::parse_public_key_base64(b).unwrap()
     }
 
+    proptest::proptest! {
+        /// Any file content, host name and pattern: no panic.
+        #[test]
+        fn no_panics_on_any_input(text in "(\\PC{0,60}\n){0,6}", host in "\\PC{0,20}", pat in "\\PC{0,20}", port in 0u16..) {
+            let _ = check_text(&text, &host, port, &key(ED));
+            let _ = glob_matches(&pat, &host);
+            let _ = hosts_field_matches(&pat, &host);
+        }
+    }
+
     #[test]
     fn glob() {
         assert!(glob_matches("*.example.com", "a.example.com"));

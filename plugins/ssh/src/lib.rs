@@ -93,6 +93,13 @@ pub fn plan(spec: &ConnectSpec) -> Result<(Vec<session::HopSpec>, BTreeMap<Strin
         connect_timeout,
         keepalive,
     };
+    if let (Some(cmd), true) = (&resolved.proxy_command, resolved.proxy_jump.is_empty()) {
+        return Err(PluginError::invalid(format!(
+            "the ssh config sets ProxyCommand `{cmd}` for {}, which the ssh transport cannot run",
+            resolved.alias
+        ))
+        .with_hint("use ProxyJump [user@]jumphost[:port] in the ssh config instead"));
+    }
     let mut hops = Vec::new();
     for jump in &resolved.proxy_jump {
         let j = config::parse_target(jump)?;

@@ -142,3 +142,46 @@ fn ecdsa_and_rsa_sha2_keys() {
         assert_eq!(run_stdout(&conn, &["echo", kind]), format!("{kind}\n"));
     }
 }
+
+#[test]
+fn sudo_prefixes_commands_and_keeps_env_and_cwd() {
+    // A stand-in `sudo` first on the session's PATH records how it is called
+    // (the real one need not be installed, and root needs no password).
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let log = dir.path().join("sudo.log");
+    let fake = bin.join("sudo");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\nprintf '%s\\n' \"$*\" > {}\n[ \"$1\" = -n ] && shift\nexec \"$@\"\n", log.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let Some(sshd) = support::Sshd::start_with(
+        "sudo_prefixes_commands_and_keeps_env_and_cwd",
+        &format!("SetEnv PATH={}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", bin.display()),
+    ) else {
+        return;
+    };
+    let mut spec = sshd.spec();
+    spec.sudo = true;
+    let conn = SshPlugin::new().open(&spec).unwrap();
+    let req = ExecRequest::shell("echo \"$WHO\"; pwd").env("WHO", "admin").cwd("/tmp");
+    let mut ch = conn.exec(&req).unwrap();
+    let out = collect(ch.as_mut(), Some(Duration::from_secs(10))).unwrap();
+    assert_eq!((out.status, out.stdout.as_str()), (0, "admin\n/tmp\n"), "{}", out.stderr);
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "-n env WHO=admin sh -c echo \"$WHO\"; pwd\n");
+}
+
+#[test]
+fn proxy_command_is_refused_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config");
+    std::fs::write(&cfg, "Host viaproxy\n  HostName 127.0.0.1\n  ProxyCommand nc %h %p\n").unwrap();
+    let mut spec = ConnectSpec { target: "viaproxy".into(), connect_timeout_secs: 2, ..Default::default() };
+    spec.options.insert("ssh_config".into(), cfg.display().to_string());
+    let err = SshPlugin::new().open(&spec).err().expect("ProxyCommand refused");
+    assert_eq!(err.kind, ErrorKind::InvalidRequest, "{err:?}");
+    assert!(err.hint.as_deref().unwrap_or("").contains("ProxyJump"), "{err:?}");
+}
