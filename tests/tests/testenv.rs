@@ -249,34 +249,3 @@ fn down_of_an_unknown_target_is_harmless() {
     testenv::down("e2e-never-up").unwrap();
     testenv::down("e2e-never-up").unwrap();
 }
-
-/// The install path the deploy tool takes on a bare host: Docker from
-/// Debian's archive over ssh, dockerd started by hand (no systemd), then an
-/// image sent over and a published port answering. Downloads about 100 MB
-/// from Debian's archive, so it only runs when asked:
-/// `cargo test -p cultivate-e2e --test testenv -- --ignored`.
-#[test]
-#[ignore = "downloads Docker from Debian's archive (about a minute)"]
-fn bare_target_takes_a_docker_install() {
-    if !testenv::available(Kind::Bare) || !prereq::require(prereq::docker_available(), "this machine's Docker engine") {
-        return;
-    }
-    let t = Target::up("e2e-bare-install", Kind::Bare).expect("up");
-    t.ssh_ok(
-        "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && \
-         apt-get install -y -qq docker.io docker-compose >/dev/null",
-    )
-    .expect("apt-get install docker.io docker-compose");
-    t.ssh_ok(
-        "(setsid dockerd >/var/log/dockerd.log 2>&1 </dev/null &) ; \
-              for i in $(seq 1 60); do docker info >/dev/null 2>&1 && exit 0; sleep 0.5; done; \
-              tail -n 20 /var/log/dockerd.log; exit 1",
-    )
-    .expect("dockerd started by hand");
-    let server = t.ssh_ok("docker version --format '{{.Server.Version}}'").unwrap();
-    assert!(server.trim().starts_with("20.10."), "docker {server}");
-    let tag = "cultivate-testenv/busybox:e2e-bare";
-    send_tiny_image(&t, tag).expect("image transfer");
-    check_published_port(&t, tag, 8080);
-    down_and_check_clean(t);
-}
