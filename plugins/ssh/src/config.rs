@@ -39,6 +39,8 @@ pub struct Resolved {
     pub known_hosts: Option<PathBuf>,
     /// ProxyCommand, which this transport cannot run (refused with a hint).
     pub proxy_command: Option<String>,
+    /// `IdentitiesOnly yes`: leave the agent out.
+    pub identities_only: bool,
 }
 
 /// Which mechanism resolved the config.
@@ -229,6 +231,7 @@ pub fn parse_ssh_g(text: &str, alias: &str) -> Resolved {
             "identityfile" => identities.push(value.to_string()),
             "proxyjump" => r.proxy_jump = split_jumps(value),
             "proxycommand" if !value.eq_ignore_ascii_case("none") => r.proxy_command = Some(value.to_string()),
+            "identitiesonly" => r.identities_only = value.eq_ignore_ascii_case("yes"),
             "userknownhostsfile" => {
                 r.known_hosts = value.split_whitespace().next().map(PathBuf::from);
             }
@@ -275,6 +278,7 @@ pub fn resolve_builtin_text(spec: &TargetSpec, text: &str) -> Resolved {
     let mut identities: Vec<String> = Vec::new();
     let mut jump: Option<String> = None;
     let mut proxy_command: Option<String> = None;
+    let mut identities_only: Option<bool> = None;
     let mut known_hosts: Option<String> = None;
     let mut active = true;
     let alias = spec.host.to_ascii_lowercase();
@@ -319,6 +323,9 @@ pub fn resolve_builtin_text(spec: &TargetSpec, text: &str) -> Resolved {
             "proxycommand" => {
                 proxy_command.get_or_insert_with(|| value.to_string());
             }
+            "identitiesonly" => {
+                identities_only.get_or_insert(value.eq_ignore_ascii_case("yes"));
+            }
             "userknownhostsfile" => {
                 known_hosts.get_or_insert_with(|| value.split_whitespace().next().unwrap_or("").to_string());
             }
@@ -339,6 +346,7 @@ pub fn resolve_builtin_text(spec: &TargetSpec, text: &str) -> Resolved {
         alias: spec.host.clone(),
         proxy_jump: jump.as_deref().map(split_jumps).unwrap_or_default(),
         proxy_command: proxy_command.filter(|c| !c.eq_ignore_ascii_case("none")),
+        identities_only: identities_only.unwrap_or(false),
         known_hosts: known_hosts.filter(|k| !k.is_empty()).map(|k| expand_path(&k, &host, &user, port)),
         host,
         port,
@@ -370,13 +378,14 @@ mod tests {
     #[test]
     fn ssh_g_output() {
         let text = "user bob\nhostname 10.0.0.5\nport 2200\nidentityfile ~/.ssh/deploy_key\n\
-                    proxyjump jump@bastion:22\nuserknownhostsfile /tmp/kh /tmp/kh2\n";
+                    proxyjump jump@bastion:22\nuserknownhostsfile /tmp/kh /tmp/kh2\nidentitiesonly yes\n";
         let r = parse_ssh_g(text, "web");
         assert_eq!((r.host.as_str(), r.port, r.user.as_str()), ("10.0.0.5", 2200, "bob"));
         assert!(r.identities_configured);
         assert!(r.identity_files[0].ends_with(".ssh/deploy_key"));
         assert_eq!(r.proxy_jump, vec!["jump@bastion:22".to_string()]);
         assert_eq!(r.known_hosts, Some(PathBuf::from("/tmp/kh")));
+        assert!(r.identities_only);
         let defaults = "hostname h\nidentityfile ~/.ssh/id_rsa\nidentityfile ~/.ssh/id_ed25519\n";
         let r = parse_ssh_g(defaults, "h");
         assert!(!r.identities_configured);

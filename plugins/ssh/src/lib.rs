@@ -86,7 +86,7 @@ pub fn plan(spec: &ConnectSpec) -> Result<(Vec<session::HopSpec>, BTreeMap<Strin
         } else {
             r.identity_files.clone()
         },
-        use_agent,
+        use_agent: use_agent && !r.identities_only,
         explicit_identity: explicit_identity.clone(),
         known_hosts: known_hosts_for(r),
         accept_new_host_key: spec.accept_new_host_key,
