@@ -214,3 +214,20 @@ fn bytes(len: usize, seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+#[test]
+fn write_stdin_blocks_while_the_command_does_not_read() {
+    let Some((_sshd, conn)) = setup("write_stdin_blocks_while_the_command_does_not_read") else { return };
+    // The command reads nothing for 2 s: 16 MiB cannot fit in the SSH window
+    // and pipe buffers, so the writes must wait (no unbounded buffering here).
+    let mut ch = conn.exec(&ExecRequest::shell("sleep 2; cat > /dev/null; echo done")).unwrap();
+    let chunk = vec![1u8; 1024 * 1024];
+    let start = Instant::now();
+    for _ in 0..16 {
+        ch.write_stdin(&chunk).unwrap();
+    }
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(1500), "16 MiB accepted in {took:?} while nothing read it");
+    let out = collect(ch.as_mut(), Some(Duration::from_secs(20))).unwrap();
+    assert_eq!((out.status, out.stdout.as_str()), (0, "done\n"));
+}
