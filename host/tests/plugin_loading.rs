@@ -21,7 +21,8 @@ fn built() -> &'static PathBuf {
             .args(["build", "--quiet"])
             .args(["-p", "cultivate-fixture-bad-api", "-p", "cultivate-fixture-bad-layout"])
             .args(["-p", "cultivate-fixture-not-a-plugin", "-p", "cultivate-fixture-panicky"])
-            .args(["-p", "cultivate-plugin-local"])
+            .args(["-p", "cultivate-plugin-local", "-p", "cultivate-plugin-docker", "-p", "cultivate-plugin-compose"])
+            .args(["-p", "cultivate-plugin-finch"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cargo runs");
@@ -156,4 +157,68 @@ fn unknown_transport_override_lists_the_installed_ones() {
     assert_eq!(out.status.code(), Some(2));
     let shown = text(&out);
     assert!(shown.contains("--transport carrier-pigeon") && shown.contains("installed transports: local"), "{shown}");
+}
+
+#[test]
+fn runtime_override_unavailable_on_the_target_names_the_available_ones() {
+    if std::process::Command::new("docker").arg("info").output().map(|o| !o.status.success()).unwrap_or(true) {
+        assert!(std::env::var_os("CI").is_none(), "CI needs this machine's Docker engine");
+        eprintln!("SKIPPED: no Docker engine here");
+        return;
+    }
+    let dir = plugin_dir(&[
+        ("cultivate_plugin_local", "local"),
+        ("cultivate_plugin_docker", "docker"),
+        ("cultivate_plugin_compose", "compose"),
+        ("cultivate_plugin_finch", "finch"),
+    ]);
+    let app = tempfile::tempdir().unwrap();
+    let config = app.path().join("cultivate.toml");
+    std::fs::write(&config, "target = \"local\"\napp_dir = \".\"\n").unwrap();
+    let out = cultivate(&[dir.path()], &["deploy", "--dry-run", "--runtime", "finch", "-c", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let shown = text(&out);
+    assert!(shown.contains("--runtime finch is not available on the target"), "{shown}");
+    assert!(shown.contains("macOS") || shown.contains("darwin"), "the reason is given: {shown}");
+    assert!(
+        shown.contains("available on this target: docker-compose, docker")
+            || shown.contains("available on this target: docker, docker-compose"),
+        "{shown}"
+    );
+    let out = cultivate(&[dir.path()], &["deploy", "--dry-run", "--runtime", "podman", "-c", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--runtime podman: no runtime plugin of that name is installed"), "{}", text(&out));
+}
+
+#[test]
+fn plugins_list_on_this_machine_finds_its_engine_and_compose() {
+    if std::process::Command::new("docker").arg("info").output().map(|o| !o.status.success()).unwrap_or(true) {
+        assert!(std::env::var_os("CI").is_none(), "CI needs this machine's Docker engine");
+        eprintln!("SKIPPED: no Docker engine here");
+        return;
+    }
+    let dir = plugin_dir(&[
+        ("cultivate_plugin_local", "local"),
+        ("cultivate_plugin_docker", "docker"),
+        ("cultivate_plugin_compose", "compose"),
+        ("cultivate_plugin_finch", "finch"),
+    ]);
+    let out = cultivate(&[dir.path()], &["plugins", "list", "--target", "local", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let probe =
+        |name: &str| v["plugins"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()["probe"].clone();
+    let server = String::from_utf8(
+        Command::new("docker").args(["version", "--format", "{{.Server.Version}}"]).output().unwrap().stdout,
+    )
+    .unwrap();
+    assert_eq!(probe("docker")["available"], true);
+    assert_eq!(probe("docker")["version"].as_str().unwrap(), server.trim());
+    assert_eq!(probe("docker-compose")["available"], true);
+    assert!(["v1", "v2"].contains(&probe("docker-compose")["details"]["flavour"].as_str().unwrap()));
+    assert_eq!(probe("finch")["available"], false);
+    assert!(
+        probe("finch")["reason"].as_str().unwrap().contains("macOS")
+            || probe("finch")["reason"].as_str().unwrap().contains("darwin")
+    );
 }
