@@ -616,7 +616,8 @@ fn p09_socket_file_creation() {
     }
 }
 
-/// P10: a row written survives `down` (without -v) and `up`.
+/// P10: a row written survives `down` (without -v) and `up` (and every
+/// service stops cleanly on its stop signal).
 #[test]
 fn p10_volume_persistence() {
     ready_or_skip!();
@@ -625,6 +626,16 @@ fn p10_volume_persistence() {
     let r = http("POST", &stack.http_url("/api/notes"), Some(&format!("{{\"body\": \"{note}\"}}"))).unwrap();
     assert_eq!(r.status, 201, "{}", r.text());
     let before = stack.container("database");
+    // Every container stops cleanly on its stop signal (SIGTERM; the
+    // database's is SIGINT, a fast shutdown), well within the timeout.
+    let ids: Vec<String> = SERVICES.iter().map(|s| stack.container(s)).collect();
+    let started = Instant::now();
+    stack.compose_ok(&["stop", "-t", "20"]);
+    assert!(started.elapsed() < Duration::from_secs(20), "stop took {:?}", started.elapsed());
+    for (service, id) in SERVICES.iter().zip(&ids) {
+        let code = docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", id]);
+        assert_eq!(code, "0", "{service} did not shut down cleanly:\n{}", stack.logs());
+    }
     stack.compose_ok(&["down"]);
     assert!(stack.try_container("database").is_none(), "containers removed");
     docker_ok(&["volume", "inspect", &stack.volume("db_data")]);
