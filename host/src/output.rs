@@ -32,6 +32,11 @@ impl Printer {
         std::io::stderr().is_terminal() && !self.quiet && self.verbose == 0 && !self.json
     }
 
+    /// Only errors are shown.
+    pub fn quiet(&self) -> bool {
+        self.quiet
+    }
+
     /// JSON output requested.
     pub fn json(&self) -> bool {
         self.json

@@ -17,8 +17,8 @@ pub fn deploy(printer: &Printer, config: Option<&Path>, args: &DeployArgs) -> Re
     } else if report.outcome == "deployed" {
         let timings: Vec<String> = report.timings.iter().map(|(s, t)| format!("{} {t:.1}s", s.label())).collect();
         printer.detail(&format!(
-            "{:.1} MiB of images sent; {}",
-            report.bytes_sent as f64 / 1048576.0,
+            "{} of images sent; {}",
+            crate::pipeline::transfer::human_bytes(report.bytes_sent),
             timings.join(", ")
         ));
     }

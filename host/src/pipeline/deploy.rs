@@ -446,12 +446,12 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
         let after = ctx.images_op::<ops::ImageInspect>(&ImageRefs { refs: vec![image.reference.clone()] })?;
         transfer::verify_id(image, after.first().and_then(|i| i.id.as_deref()))?;
         ctx.detail(&format!(
-            "{}: sent {} of {} layers, {:.1} MiB of {:.1} MiB; image ID verified",
+            "{}: sent {} of {} layers, {} of {}; image ID verified",
             image.service,
             stat.layers_sent,
             stat.layers_sent + stat.layers_skipped,
-            stat.bytes_sent as f64 / 1048576.0,
-            archive_bytes as f64 / 1048576.0
+            transfer::human_bytes(stat.bytes_sent),
+            transfer::human_bytes(archive_bytes)
         ));
         // Later images share the base layers just sent.
         chains.extend(transfer::chain_keys(&image.layers));
@@ -474,7 +474,7 @@ fn send_archive(
     filtered.rewind()?;
     let total = transfer::file_len(&filtered);
     let cmd = ctx.images_op::<ops::ImageLoadCommand>(&Empty {})?;
-    let mut progress = transfer::Progress::new(&image.service, total, ctx.printer.bars(), false);
+    let mut progress = transfer::Progress::new(&image.service, total, ctx.printer.bars(), ctx.printer.quiet());
     let out = ctx.session.run_with_input(&cmd, &mut filtered, &mut |sent| progress.update(sent))?;
     progress.finish(total);
     let ok = out.success();

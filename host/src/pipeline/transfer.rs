@@ -227,6 +227,21 @@ pub fn progress_line(label: &str, sent: u64, total: u64, elapsed: std::time::Dur
     )
 }
 
+/// `512 B`, `20.3 KiB`, `317.4 MiB`, `1.2 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 /// Reads an open archive file's length.
 pub fn file_len(f: &std::fs::File) -> u64 {
     f.metadata().map(|m| m.len()).unwrap_or(0)
@@ -298,6 +313,13 @@ mod tests {
         let mut a = archive(&[("l1/layer.tar", b"base"), ("l2/layer.tar", b"mid")], &["sha256:a", "sha256:b"]);
         let target: HashSet<String> = chain_keys(&["sha256:z".into(), "sha256:b".into()]).into_iter().collect();
         assert!(skippable_layer_files(&mut a, &target).unwrap().is_empty());
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(20 * 1024 + 300), "20.3 KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024 / 2), "1.5 GiB");
     }
 
     #[test]
