@@ -34,6 +34,14 @@ pubkey_digest_key() { openssl pkey -inform PEM -passin pass: -in "$1" -pubout -o
 configure() {
     # Backend address into the shared locations (no template engine needed).
     sed "s|__BACKEND__|$BACKEND|g" "$CONF_DIR/locations.conf.template" > "$CONF_DIR/locations.conf"
+    # IPv6 listeners only where the kernel has IPv6 (else nginx would not start).
+    if [ -e /proc/net/if_inet6 ]; then
+        echo "listen [::]:80 default_server;" > "$CONF_DIR/listen6-http.conf"
+        LISTEN6="listen [::]:443 ssl default_server;"
+    else
+        : > "$CONF_DIR/listen6-http.conf"
+        LISTEN6=""
+    fi
 
     if [ ! -e "$CERT" ] && [ ! -e "$KEY" ]; then
         disable_https "no certificate at $CERT and no key at $KEY (mount CERT_DIR to enable HTTPS)"
@@ -69,7 +77,8 @@ configure() {
         disable_https "$CERT and $KEY do not match (the key is not the certificate's key)"
         return 0
     fi
-    sed -e "s|__CERT__|$CERT|g" -e "s|__KEY__|$KEY|g" "$CONF_DIR/https.conf.template" > "$HTTPS_CONF"
+    sed -e "s|__CERT__|$CERT|g" -e "s|__KEY__|$KEY|g" -e "s|__LISTEN6__|$LISTEN6|" \
+        "$CONF_DIR/https.conf.template" > "$HTTPS_CONF"
     say "HTTPS enabled with $CERT ($(openssl x509 -in "$CERT" -noout -enddate))"
 }
 
