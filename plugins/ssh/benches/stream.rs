@@ -110,7 +110,7 @@ fn main() {
     let total = env_usize("CULTIVATE_BENCH_MIB", if real { 256 } else { 4 }) * 1024 * 1024;
     let rounds = env_usize("CULTIVATE_BENCH_ROUNDS", if real { 3 } else { 1 }).max(1);
     let chunk = payload();
-    let (mut best_plugin, mut best_ssh, mut best_ssh_gcm) = (Duration::MAX, Duration::MAX, Duration::MAX);
+    let (mut all_plugin, mut all_ssh, mut all_ssh_gcm) = (Vec::new(), Vec::new(), Vec::new());
     let mut plugin_cipher = String::new();
     println!("streaming {} MiB into `cat > /dev/null` on 127.0.0.1:{}, {rounds} rounds", total >> 20, sshd.port);
     for round in 1..=rounds {
@@ -124,11 +124,26 @@ fn main() {
             mib_s(total, g)
         );
         plugin_cipher = cipher;
-        best_plugin = best_plugin.min(p);
-        best_ssh = best_ssh.min(s);
-        best_ssh_gcm = best_ssh_gcm.min(g);
+        all_plugin.push(mib_s(total, p));
+        all_ssh.push(mib_s(total, s));
+        all_ssh_gcm.push(mib_s(total, g));
     }
-    let (p, s, g) = (mib_s(total, best_plugin), mib_s(total, best_ssh), mib_s(total, best_ssh_gcm));
-    println!("best: plugin {p:.0} MiB/s ({plugin_cipher}), OpenSSH ssh {s:.0} MiB/s (default cipher), ssh -c aes128-gcm {g:.0} MiB/s");
-    println!("ratio plugin / OpenSSH: {:.2} (default cipher), {:.2} (same cipher)", p / s, p / g);
+    for (what, pick) in [("best", best as fn(&mut [f64]) -> f64), ("median", median)] {
+        let (p, s, g) = (pick(&mut all_plugin), pick(&mut all_ssh), pick(&mut all_ssh_gcm));
+        println!(
+            "{what}: plugin {p:.0} MiB/s ({plugin_cipher}), OpenSSH ssh {s:.0} MiB/s (default cipher), \
+             ssh -c aes128-gcm {g:.0} MiB/s; ratio plugin / OpenSSH {:.2} (default cipher), {:.2} (same cipher)",
+            p / s,
+            p / g
+        );
+    }
+}
+
+fn best(v: &mut [f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
