@@ -86,11 +86,19 @@ pub fn inspect(object: &str) -> Value {
     v[0].clone()
 }
 
-/// The compose tool: `docker-compose` (v1 or v2's standalone binary) or
-/// `docker compose` (v2 plugin). Empty when neither exists.
+/// The compose tool: `CULTIVATE_TEST_COMPOSE` (a command line, e.g. the path
+/// of a Compose v2 binary, to run the tests with another version), else
+/// `docker-compose` (v1 or v2's standalone binary), else `docker compose`
+/// (v2 plugin). Empty when none exists.
 pub fn compose_cmd() -> &'static [String] {
     static CMD: OnceLock<Vec<String>> = OnceLock::new();
     CMD.get_or_init(|| {
+        if let Ok(cmd) = std::env::var("CULTIVATE_TEST_COMPOSE") {
+            let cmd: Vec<String> = cmd.split_whitespace().map(String::from).collect();
+            if !cmd.is_empty() {
+                return cmd;
+            }
+        }
         if prereq::command_ok("docker-compose", &["version"]) {
             vec!["docker-compose".into()]
         } else if prereq::command_ok("docker", &["compose", "version"]) {
