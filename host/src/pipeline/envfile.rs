@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 /// Quotes a value so Compose v1 (python-dotenv) and v2 (compose-go) both read
 /// it literally: plain when it is made of safe characters, else single-quoted.
-/// A value with a single quote or a line break cannot be written that way.
+/// A value with a single quote, a line break, `${` or a double backslash, or
+/// ending in a backslash,
+/// cannot be written that way (see compose/.env.example).
 pub fn quote_value(key: &str, value: &str) -> Result<String, String> {
     if value.contains(['\n', '\r', '\0']) {
         return Err(format!("{key}: values cannot contain line breaks"));
@@ -18,6 +20,12 @@ pub fn quote_value(key: &str, value: &str) -> Result<String, String> {
     if value.contains('\'') {
         return Err(format!(
             "{key}: values cannot contain a single quote (Compose v1 and v2 read quotes in .env differently)"
+        ));
+    }
+    // Compose v1 interpolates and unescapes these even inside single quotes.
+    if value.contains("${") || value.contains("\\\\") || value.ends_with('\\') {
+        return Err(format!(
+            "{key}: values cannot contain `${{` or `\\\\`, nor end in `\\` (Compose v1 rewrites them even in quotes)"
         ));
     }
     Ok(format!("'{value}'"))
@@ -86,6 +94,10 @@ mod tests {
         assert_eq!(quote_value("A", "a b$c\"d#e").unwrap(), "'a b$c\"d#e'");
         assert!(quote_value("A", "it's").unwrap_err().contains("single quote"));
         assert!(quote_value("A", "a\nb").is_err());
+        assert!(quote_value("A", "x${HOME}").is_err());
+        assert!(quote_value("A", "a\\\\b").is_err());
+        assert!(quote_value("A", "ends\\").is_err());
+        assert_eq!(quote_value("A", "a$b\\c").unwrap(), "'a$b\\c'");
     }
 
     #[test]
