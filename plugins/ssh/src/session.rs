@@ -601,7 +601,8 @@ async fn authenticate(session: &mut Session) -> Result<(), PluginError> {
     }
     let list = if tried.is_empty() {
         let defaults: Vec<String> = spec.identity_files.iter().map(|p| p.display().to_string()).collect();
-        format!("no key found (looked for {}; no ssh-agent in SSH_AUTH_SOCK)", defaults.join(", "))
+        let agent = if spec.use_agent { "no ssh-agent in SSH_AUTH_SOCK" } else { "ssh-agent not used" };
+        format!("no key found (looked for {}; {agent})", defaults.join(", "))
     } else {
         tried.join("; ")
     };
