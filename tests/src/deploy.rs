@@ -435,6 +435,11 @@ pub fn run_binary(args: &[String], log_dir: &Path, cwd: &Path) -> Run {
         elapsed: start.elapsed(),
     };
     eprintln!("$ cultivate {}  -> exit {} in {:.1}s", args.join(" "), run.code, run.elapsed.as_secs_f64());
+    // Shown by libtest when the test fails (or with --nocapture).
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    for l in &lines[lines.len().saturating_sub(150)..] {
+        eprintln!("  | {l}");
+    }
     run
 }
 
@@ -680,4 +685,30 @@ pub fn write_file_mode(path: &Path, text: &str, mode: u32) -> Result<()> {
     f.write_all(text.as_bytes())?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(())
+}
+
+/// Whether the target's engine can exec into a container of `image` (Docker
+/// health checks are execs). A dockerd started under a plain `chroot` (as
+/// scripts/testenv.sh starts the sshd of `bare` and `trixie` targets, and so
+/// every dockerd started over SSH there) cannot: runc falls back from
+/// pivot_root, and an exec then lands in the host's root directory, where
+/// the health check's program does not exist. `Err` names what happened.
+pub fn engine_can_exec(via: &Via, image: &str, program: &str) -> Result<(), String> {
+    let name = format!("e2e-exec-probe-{}", random_hex(3));
+    let script = format!(
+        "docker run -d --name {name} --entrypoint sleep {image} 120 >/dev/null && \
+         docker exec {name} test -e {program}; rc=$?; docker rm -f {name} >/dev/null 2>&1; exit $rc"
+    );
+    match via.command(&script).stdin(Stdio::null()).output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "`docker exec` into a container of {image} does not see {program} (exit {:?}: {}), although the \
+             image has it: the target's dockerd runs under chroot (scripts/testenv.sh starts the target's sshd \
+             with `chroot`), so runc cannot pivot_root and execs, which Docker's health checks are, land in the \
+             host's root; the target needs its sshd (and thus dockerd) in a mount namespace pivoted into its root",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("running the exec probe: {e}")),
+    }
 }

@@ -17,8 +17,8 @@
 use std::time::Duration;
 
 use cultivate_e2e::deploy::{
-    app_copy, command_output_contains, files_under, is_timestamped, random_hex, run_binary, Project, ProjectOptions,
-    Run, SharedEngine, Via,
+    app_copy, command_output_contains, engine_can_exec, files_under, is_timestamped, random_hex, run_binary, Project,
+    ProjectOptions, Run, SharedEngine, Via,
 };
 use cultivate_e2e::prereq::{self, workspace_root};
 use cultivate_e2e::testenv::{self, Kind, Target};
@@ -221,26 +221,43 @@ fn p20_image_transfer_verification() {
 fn p21_progress_feedback() {
     let Some(engine) = engine() else { return };
     let mut p = Project::new("p21", 20110, engine.via(), ProjectOptions::default());
-    // A backend no target has: a fresh project gets the whole image.
+    // A backend no target has, with 96 MiB of incompressible ballast so that
+    // sending it takes several seconds even when the target already has the
+    // other images (progress lines come every 2 s).
     let stamp = random_hex(6);
     let app = app_copy(p.dir.path(), |s| format!("{s}\n// e2e p21 {stamp}\n"));
+    let mut ballast = vec![0u8; 96 << 20];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut ballast))
+        .expect("random ballast");
+    std::fs::write(app.join("backend/e2e-ballast.bin"), ballast).expect("writing the ballast");
     p.set_app_dir(&app);
     let run = p.deploy(&["--json"]);
     run.expect_code(0);
     let report = run.json();
-    let backend = report["transfers"]
+    let sent: Vec<String> = report["transfers"]
         .as_array()
-        .and_then(|t| t.iter().find(|t| t["reference"].as_str().is_some_and(|r| r.contains("-backend:"))))
-        .cloned()
-        .expect("backend transfer");
-    assert_eq!(backend["already_present"], false, "{report}");
+        .expect("transfers")
+        .iter()
+        .filter(|t| t["already_present"] == false)
+        .filter_map(|t| t["reference"].as_str())
+        .filter_map(|r| r.strip_prefix(&format!("{}-", p.name))?.split(':').next().map(str::to_string))
+        .collect();
+    assert!(sent.contains(&"backend".to_string()), "the new backend was not sent: {report}");
     let lines: Vec<&str> = run
         .stderr
         .lines()
         .filter(|l| l.contains("MiB of ") && l.contains("MiB/s") && l.contains("left") && l.contains('%'))
         .collect();
     assert!(!lines.is_empty(), "no progress lines (MiB, rate, time left) during the transfer:\n{}", run.stderr);
-    assert!(lines.iter().any(|l| l.trim_start().starts_with("backend:")), "{lines:#?}");
+    for l in &lines {
+        let label = l.trim_start().split(':').next().unwrap_or("");
+        assert!(sent.iter().any(|s| s == label), "progress line for an image that was not sent: {l}");
+    }
+    assert!(
+        lines.iter().any(|l| l.trim_start().starts_with("backend:")),
+        "no progress line during the backend's transfer: {lines:#?}"
+    );
     eprintln!("progress lines:\n{}", lines.join("\n"));
 }
 
@@ -302,7 +319,10 @@ fn p23_container_startup_verification() {
     let run = p.deploy(&["--health-timeout", "120"]);
     run.expect_code(1);
     let err = &run.stderr;
-    assert!(err.contains("backend"), "the failed service is not named:\n{err}");
+    assert!(
+        err.lines().any(|l| l.starts_with("backend: ") && !l.contains("(healthy)")),
+        "the failed service is not named with its state:\n{err}"
+    );
     assert!(err.contains(&marker), "the backend's log (diagnostics) is not shown:\n{err}");
     assert!(err.contains("container logs"), "no diagnostics section:\n{err}");
     assert!(err.contains("no previous release"), "{err}");
@@ -521,6 +541,24 @@ fn p25_required_configuration_cli() {
     assert!(run.stderr.contains("2 problems"), "{}", run.stderr);
 }
 
+/// After a failed deploy to a `bare` or `trixie` target: when the target's
+/// engine cannot exec into containers (an environment limitation, see
+/// [`engine_can_exec`]), reports it through `prereq::require` (fails under CI,
+/// skips otherwise) and returns false; true when exec works (the failure is
+/// cultivate's, and the caller's assertion shows it).
+fn exec_prerequisite(p: &Project, run: &Run) -> bool {
+    let version = run.stderr.lines().find_map(|l| l.split("building release ").nth(1)).map(|s| s.trim().to_string());
+    let Some(version) = version else { return true };
+    let image = format!("{}-database:{version}", p.name);
+    match engine_can_exec(&p.via, &image, "/usr/local/bin/database-healthcheck") {
+        Ok(()) => true,
+        Err(why) => {
+            eprintln!("{}", run.output());
+            prereq::require(false, &format!("a target engine that can run health checks: {why}"))
+        }
+    }
+}
+
 /// Docker 26 and Compose v2 on a trixie target: the compose plugin reports
 /// v2 and the deploy works.
 #[test]
@@ -558,8 +596,11 @@ fn deploy_to_docker26_compose_v2_target() {
     assert!(major >= 26, "expected Docker 26 on trixie: {docker}");
 
     let run = p.deploy(&["--json"]);
-    run.expect_code(0);
     assert!(run.stderr.contains("compose v2"), "{}", run.stderr);
+    if run.code != 0 && !exec_prerequisite(&p, &run) {
+        return;
+    }
+    run.expect_code(0);
     assert_frontend_answers(&p);
     drop(p);
     target.down().expect("tearing down the trixie target");
@@ -593,11 +634,20 @@ fn p18_dependency_installation_on_bare_target() {
     assert!(!target.ssh("test -e /opt/e2e-bare").expect("ssh").status.success(), "a refused deploy changed the target");
 
     let installed = p.deploy(&["--install-deps", "--json"]);
-    installed.expect_code(0);
     let err = &installed.stderr;
     assert!(err.contains("installing docker"), "{err}");
-    assert!(err.contains("installed and verified"), "{err}");
+    assert!(err.contains("installing docker-compose"), "{err}");
+    assert!(err.contains("started dockerd in the background (no systemd)"), "{err}");
+    assert_eq!(
+        err.matches("installed and verified").count(),
+        2,
+        "docker and compose verified after installing:\n{err}"
+    );
     assert!(!target.ssh("test -d /run/systemd/system").expect("ssh").status.success(), "the target runs systemd");
+    if installed.code != 0 && !exec_prerequisite(&p, &installed) {
+        return;
+    }
+    installed.expect_code(0);
     let version = target.ssh_ok("docker version --format '{{.Server.Version}}'").expect("docker on the target");
     assert!(!version.trim().is_empty());
     target.ssh_ok("docker-compose version || docker compose version").expect("compose on the target");
