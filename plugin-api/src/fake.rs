@@ -76,3 +76,58 @@ impl HostServices for FakeHost {
         self.logs.lock().unwrap().push((level, plugin.to_string(), message.to_string()));
     }
 }
+
+/// A host that runs commands on this machine with `std::process::Command`,
+/// for plugin tests against real tools (a real Docker engine, Compose).
+/// A missing program exits 127, like a shell.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalHost;
+
+impl LocalHost {
+    /// The [`Host`] a plugin receives.
+    pub fn host() -> Host {
+        Host::new(Arc::new(LocalHost))
+    }
+}
+
+impl HostServices for LocalHost {
+    fn exec(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let Some((program, args)) = req.argv.split_first() else {
+            return Err(PluginError::invalid("empty command"));
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args).envs(&req.env).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some(dir) = &req.cwd {
+            cmd.current_dir(dir);
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(ExecOutput { status: 127, stdout: String::new(), stderr: format!("{program}: not found") })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let (Some(mut stdin), Some(data)) = (child.stdin.take(), &req.stdin) {
+            stdin.write_all(data.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        Ok(ExecOutput {
+            status: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    fn put_file(&self, path: &str, mode: u32, data: &[u8]) -> Result<(), PluginError> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, data)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        Ok(())
+    }
+
+    fn log(&self, level: LogLevel, plugin: &str, message: &str) {
+        eprintln!("[{level:?}] {plugin}: {message}");
+    }
+}

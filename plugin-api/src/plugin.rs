@@ -127,7 +127,7 @@ pub fn collect_with(
 }
 
 /// The default [`Connection::put_file`]: `cat` into a temporary file next to
-/// the destination, set the mode, rename over the destination.
+/// the destination, check its size, set the mode, rename over the destination.
 pub fn put_file_via_exec<C: Connection + ?Sized>(
     conn: &C,
     path: &str,
@@ -135,9 +135,14 @@ pub fn put_file_via_exec<C: Connection + ?Sized>(
     data: &[u8],
 ) -> Result<(), PluginError> {
     let q = crate::shell::quote(path);
+    // The size check matters: when a connection is cut, `cat` just sees the
+    // end of its input, and a truncated file must never be renamed into place.
+    let len = data.len();
     let script = format!(
         "set -e; umask 077; tmp={q}.cultivate-tmp.$$; trap 'rm -f \"$tmp\"' EXIT; \
-         cat > \"$tmp\"; chmod {mode:o} \"$tmp\"; mv -f \"$tmp\" {q}; trap - EXIT"
+         cat > \"$tmp\"; n=$(wc -c < \"$tmp\"); \
+         if [ \"$n\" -ne {len} ]; then echo \"received $n of {len} bytes\" >&2; exit 1; fi; \
+         chmod {mode:o} \"$tmp\"; mv -f \"$tmp\" {q}; trap - EXIT"
     );
     let mut ch = conn.exec(&ExecRequest::shell(script))?;
     for chunk in data.chunks(64 * 1024) {

@@ -2,64 +2,17 @@
 //! through a tiny host that runs commands locally. Skips when there is no
 //! engine or no Compose, except under `CI`, where that fails the test.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cultivate_plugin_api::fake::LocalHost;
 use cultivate_plugin_api::ops::{self, Operation, ServiceState, StackRef};
-use cultivate_plugin_api::{
-    ErrorKind, ExecOutput, ExecRequest, Host, HostServices, LogLevel, Plugin, PluginError, TargetInfo,
-};
+use cultivate_plugin_api::{ErrorKind, Host, Plugin, PluginError, TargetInfo};
 use cultivate_plugin_compose::{ComposePlugin, MIN_COMPOSE_V1, MIN_COMPOSE_V2};
 
-/// Runs commands on this machine with `std::process::Command`.
-struct LocalHost;
-
-impl HostServices for LocalHost {
-    fn exec(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
-        let mut cmd = Command::new(&req.argv[0]);
-        cmd.args(&req.argv[1..]).envs(&req.env).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        if let Some(dir) = &req.cwd {
-            cmd.current_dir(dir);
-        }
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(ExecOutput {
-                    status: 127,
-                    stdout: String::new(),
-                    stderr: format!("{}: not found", req.argv[0]),
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let mut stdin = child.stdin.take().unwrap();
-        if let Some(data) = &req.stdin {
-            stdin.write_all(data.as_bytes())?;
-        }
-        drop(stdin);
-        let out = child.wait_with_output()?;
-        Ok(ExecOutput {
-            status: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
-    }
-
-    fn put_file(&self, path: &str, _mode: u32, data: &[u8]) -> Result<(), PluginError> {
-        std::fs::write(path, data)?;
-        Ok(())
-    }
-
-    fn log(&self, level: LogLevel, plugin: &str, message: &str) {
-        eprintln!("[{level:?}] {plugin}: {message}");
-    }
-}
-
 fn host() -> Host {
-    Host::new(Arc::new(LocalHost)).for_plugin("docker-compose")
+    LocalHost::host().for_plugin("docker-compose")
 }
 
 fn sh(script: &str) -> std::process::Output {

@@ -3,63 +3,16 @@
 //! under `CI`, where a missing engine fails the test.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::process::Command;
 
+use cultivate_plugin_api::fake::LocalHost;
 use cultivate_plugin_api::ops::{self, Operation};
-use cultivate_plugin_api::{ExecOutput, ExecRequest, Host, HostServices, LogLevel, Plugin, PluginError, TargetInfo};
+use cultivate_plugin_api::{Host, Plugin, PluginError, TargetInfo};
 use cultivate_plugin_docker::{DockerPlugin, MIN_DOCKER};
 
-/// Runs commands on this machine with `std::process::Command`.
-struct LocalHost;
-
-impl HostServices for LocalHost {
-    fn exec(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
-        let mut cmd = Command::new(&req.argv[0]);
-        cmd.args(&req.argv[1..]).envs(&req.env).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        if let Some(dir) = &req.cwd {
-            cmd.current_dir(dir);
-        }
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(ExecOutput {
-                    status: 127,
-                    stdout: String::new(),
-                    stderr: format!("{}: not found", req.argv[0]),
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let mut stdin = child.stdin.take().unwrap();
-        if let Some(data) = &req.stdin {
-            stdin.write_all(data.as_bytes())?;
-        }
-        drop(stdin);
-        let out = child.wait_with_output()?;
-        Ok(ExecOutput {
-            status: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
-    }
-
-    fn put_file(&self, path: &str, mode: u32, data: &[u8]) -> Result<(), PluginError> {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::write(path, data)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-        Ok(())
-    }
-
-    fn log(&self, level: LogLevel, plugin: &str, message: &str) {
-        eprintln!("[{level:?}] {plugin}: {message}");
-    }
-}
-
 fn host() -> Host {
-    Host::new(Arc::new(LocalHost)).for_plugin("docker")
+    LocalHost::host().for_plugin("docker")
 }
 
 fn sh(script: &str) -> std::process::Output {

@@ -4,59 +4,12 @@
 //! in a real POSIX shell, and that operations fail cleanly without finch.
 //! Everything macOS-specific is covered by the fake-host unit tests.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::process::Command;
 
+use cultivate_plugin_api::fake::LocalHost;
 use cultivate_plugin_api::ops::{self, Operation};
-use cultivate_plugin_api::{
-    ErrorKind, ExecOutput, ExecRequest, Host, HostServices, LogLevel, Plugin, PluginError, TargetInfo,
-};
+use cultivate_plugin_api::{ErrorKind, Plugin, TargetInfo};
 use cultivate_plugin_finch::{locate, FinchPlugin};
-
-/// Runs commands on this machine with `std::process::Command`.
-struct LocalHost;
-
-impl HostServices for LocalHost {
-    fn exec(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
-        let mut cmd = Command::new(&req.argv[0]);
-        cmd.args(&req.argv[1..]).envs(&req.env).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        if let Some(dir) = &req.cwd {
-            cmd.current_dir(dir);
-        }
-        let mut child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(ExecOutput {
-                    status: 127,
-                    stdout: String::new(),
-                    stderr: format!("{}: not found", req.argv[0]),
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let mut stdin = child.stdin.take().unwrap();
-        if let Some(data) = &req.stdin {
-            stdin.write_all(data.as_bytes())?;
-        }
-        drop(stdin);
-        let out = child.wait_with_output()?;
-        Ok(ExecOutput {
-            status: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
-    }
-
-    fn put_file(&self, path: &str, _mode: u32, data: &[u8]) -> Result<(), PluginError> {
-        std::fs::write(path, data)?;
-        Ok(())
-    }
-
-    fn log(&self, level: LogLevel, plugin: &str, message: &str) {
-        eprintln!("[{level:?}] {plugin}: {message}");
-    }
-}
 
 fn uname(flag: &str) -> String {
     let out = Command::new("uname").arg(flag).output().expect("uname runs");
@@ -65,7 +18,7 @@ fn uname(flag: &str) -> String {
 
 #[test]
 fn finch_plugin_on_this_linux_machine() {
-    let host = Host::new(Arc::new(LocalHost)).for_plugin("finch");
+    let host = LocalHost::host().for_plugin("finch");
     let target = TargetInfo { os: uname("-s"), arch: uname("-m"), ..TargetInfo::default() };
     assert_eq!(target.os_key(), "linux", "this test describes a Linux machine");
 

@@ -254,6 +254,69 @@ mod tests {
         std::fs::remove_dir_all(dir).unwrap();
     }
 
+    /// A connection whose channels lose everything written after the first
+    /// `keep` bytes, as a cut connection would.
+    struct Cut {
+        keep: usize,
+    }
+
+    struct CutChannel {
+        inner: Box<dyn Channel>,
+        left: usize,
+    }
+
+    impl Channel for CutChannel {
+        fn write_stdin(&mut self, data: &[u8]) -> Result<(), PluginError> {
+            let n = data.len().min(self.left);
+            self.left -= n;
+            self.inner.write_stdin(&data[..n])
+        }
+        fn close_stdin(&mut self) -> Result<(), PluginError> {
+            self.inner.close_stdin()
+        }
+        fn next_event(&mut self, wait: Duration) -> Result<ChannelEvent, PluginError> {
+            self.inner.next_event(wait)
+        }
+    }
+
+    impl Connection for Cut {
+        fn exec(&self, req: &ExecRequest) -> Result<Box<dyn Channel>, PluginError> {
+            Ok(Box::new(CutChannel { inner: LocalConnection::new().exec(req)?, left: self.keep }))
+        }
+        fn info(&self) -> ConnectionInfo {
+            ConnectionInfo::default()
+        }
+    }
+
+    #[test]
+    fn put_file_over_exec_is_byte_exact_with_its_mode() {
+        let dir = tempfile_dir();
+        let path = dir.join("compose.yml");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        cultivate_plugin_api::put_file_via_exec(&LocalConnection::new(), path.to_str().unwrap(), 0o640, &data).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_cut_upload_never_replaces_the_destination() {
+        let dir = tempfile_dir();
+        let path = dir.join(".env");
+        std::fs::write(&path, b"OLD=1\n").unwrap();
+        let err = cultivate_plugin_api::put_file_via_exec(
+            &Cut { keep: 3 },
+            path.to_str().unwrap(),
+            0o600,
+            b"NEW=2\nMORE=3\n",
+        )
+        .unwrap_err();
+        assert!(err.message.contains("received 3 of 13 bytes"), "{}", err.message);
+        assert_eq!(std::fs::read(&path).unwrap(), b"OLD=1\n", "the old file must stay");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file is left");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
     fn tempfile_dir() -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "cultivate-local-test-{}-{:?}",
