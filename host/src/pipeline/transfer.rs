@@ -213,7 +213,7 @@ pub fn progress_line(label: &str, sent: u64, total: u64, elapsed: std::time::Dur
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let secs = elapsed.as_secs_f64().max(0.001);
     let rate = sent as f64 / secs;
-    let pct = if total == 0 { 100 } else { (sent.min(total) * 100 / total) as u32 };
+    let pct = (sent.min(total) * 100).checked_div(total).unwrap_or(100) as u32;
     let left = if rate > 0.0 && total > sent {
         format!(", about {:.0}s left", (total - sent) as f64 / rate)
     } else {
