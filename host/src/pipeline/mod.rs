@@ -422,9 +422,16 @@ pub fn connect<'a>(settings: &'a Settings, printer: &'a Printer, install_deps: b
         Ok(s) => s,
         Err(e) if e.code == Code::RuntimeMissing && !install_deps => {
             let help = install_help(&registry, &session);
+            let base = e.hint.clone().unwrap_or_default();
+            // The selection's hint usually offers --install-deps already.
+            let offer = if base.contains("--install-deps") {
+                ""
+            } else {
+                "\nor let cultivate do it: cultivate deploy --install-deps"
+            };
             let hint = format!(
-                "{}\nor let cultivate do it: cultivate deploy --install-deps{}",
-                e.hint.clone().unwrap_or_default(),
+                "{}{offer}{}",
+                base,
                 if help.is_empty() {
                     String::new()
                 } else {
@@ -465,7 +472,12 @@ fn install_help(registry: &Registry, session: &Session) -> Vec<String> {
     for name in ["docker", "docker-compose"] {
         if let Some(p) = registry.get(name).filter(|p| p.manifest().implements(ops::InstallHelp::NAME)) {
             if let Ok(help) = p.call::<ops::InstallHelp>(&session.host().for_plugin(name), &req) {
-                lines.extend(help.lines);
+                // Both plugins start with `apt-get update`; say it once.
+                for line in help.lines {
+                    if !lines.contains(&line) {
+                        lines.push(line);
+                    }
+                }
             }
         }
     }
