@@ -22,6 +22,7 @@
 # target is up when target.json exists. Must run as root.
 set -euo pipefail
 
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TESTENV_ROOT=${TESTENV_ROOT:-/run/cultivate-testenv}
 CACHE_DIR=${TESTENV_CACHE:-/var/cache/cultivate}
 MIRROR=${TESTENV_MIRROR:-http://deb.debian.org/debian}
@@ -472,7 +473,7 @@ start_engine() {
             ;;
         trixie)
             # inside the root: its own dockerd and containerd (Docker 26)
-            setsid nsenter --net="/var/run/netns/$ns" chroot "$dir/root" /bin/sh -c \
+            setsid "$HERE/testenv/in-root.sh" "$dir" "$ns" /bin/sh -c \
                 'exec /usr/sbin/dockerd --pidfile /run/docker.pid >>/var/log/dockerd.log 2>&1' \
                 </dev/null >/dev/null 2>&1 7>&- 8>&- 9>&- &
             ln -sf root/run/docker.pid "$dir/docker.pid"
@@ -661,7 +662,7 @@ cmd_up() {
             local suite=bookworm
             [[ $kind == trixie ]] && suite=trixie
             root_up "$dir" "$suite"
-            nsenter --net="/var/run/netns/$ns" chroot "$dir/root" /usr/sbin/sshd \
+            "$HERE/testenv/in-root.sh" "$dir" "$ns" /usr/sbin/sshd \
                 -f /etc/ssh/cultivate_sshd_config -E /var/log/cultivate-sshd.log 7>&- 8>&- 9>&-
             ln -sf root/run/cultivate-sshd.pid "$dir/sshd.pid"
             if [[ $kind == trixie ]]; then
