@@ -159,19 +159,26 @@ fn unknown_transport_override_lists_the_installed_ones() {
     assert!(shown.contains("--transport carrier-pigeon") && shown.contains("installed transports: local"), "{shown}");
 }
 
-#[test]
-fn runtime_override_unavailable_on_the_target_names_the_available_ones() {
-    if std::process::Command::new("docker").arg("info").output().map(|o| !o.status.success()).unwrap_or(true) {
+/// The first-party plugins in a directory of their own, when this machine's
+/// Docker engine answers; `None` (skip) without one, except under CI, where
+/// that fails.
+fn first_party_plugins_with_an_engine() -> Option<tempfile::TempDir> {
+    if Command::new("docker").arg("info").output().map(|o| !o.status.success()).unwrap_or(true) {
         assert!(std::env::var_os("CI").is_none(), "CI needs this machine's Docker engine");
         eprintln!("SKIPPED: no Docker engine here");
-        return;
+        return None;
     }
-    let dir = plugin_dir(&[
+    Some(plugin_dir(&[
         ("cultivate_plugin_local", "local"),
         ("cultivate_plugin_docker", "docker"),
         ("cultivate_plugin_compose", "compose"),
         ("cultivate_plugin_finch", "finch"),
-    ]);
+    ]))
+}
+
+#[test]
+fn runtime_override_unavailable_on_the_target_names_the_available_ones() {
+    let Some(dir) = first_party_plugins_with_an_engine() else { return };
     let app = tempfile::tempdir().unwrap();
     let config = app.path().join("cultivate.toml");
     std::fs::write(&config, "target = \"local\"\napp_dir = \".\"\n").unwrap();
@@ -192,17 +199,7 @@ fn runtime_override_unavailable_on_the_target_names_the_available_ones() {
 
 #[test]
 fn plugins_list_on_this_machine_finds_its_engine_and_compose() {
-    if std::process::Command::new("docker").arg("info").output().map(|o| !o.status.success()).unwrap_or(true) {
-        assert!(std::env::var_os("CI").is_none(), "CI needs this machine's Docker engine");
-        eprintln!("SKIPPED: no Docker engine here");
-        return;
-    }
-    let dir = plugin_dir(&[
-        ("cultivate_plugin_local", "local"),
-        ("cultivate_plugin_docker", "docker"),
-        ("cultivate_plugin_compose", "compose"),
-        ("cultivate_plugin_finch", "finch"),
-    ]);
+    let Some(dir) = first_party_plugins_with_an_engine() else { return };
     let out = cultivate(&[dir.path()], &["plugins", "list", "--target", "local", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
