@@ -37,7 +37,7 @@ target = "$TESTENV_SSH_URI"
 project = "bench"
 app_dir = "$WORK/app"
 stack_dir = "$ROOT"
-deploy_path = "/var/lib/cultivate/bench"
+deploy_path = "$WORK/deploy"
 secrets_file = "$WORK/secrets.env"
 [ssh]
 identity = "$TESTENV_IDENTITY"
