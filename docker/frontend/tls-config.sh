@@ -7,6 +7,17 @@
 #                             (use after adding a certificate to a running
 #                             container; a renewal of existing files needs only
 #                             `nginx -s reload`)
+#   cultivate-tls drain [S]   wait up to S seconds (default 30) until no nginx
+#                             worker of an earlier configuration is left, i.e.
+#                             every request they had in flight has finished
+#
+# The edge directory (/etc/nginx/cultivate/edge, mounted read-only from the
+# host's EDGE_DIR) decides where /api/ goes and which site is served:
+#   edge/backend   one line NAME:PORT, the backend container to use
+#                  (default: BACKEND_HOST:BACKEND_PORT, the compose service)
+#   edge/site      a directory (or link to one) with the site to serve
+#                  (default: /usr/share/nginx/html, the site in this image)
+# cultivate rewrites them during a release switch and then runs `reload`.
 #
 # Environment: TLS_CERT_FILE, TLS_KEY_FILE (defaults under /etc/nginx/certs),
 # BACKEND_HOST, BACKEND_PORT (where /api/ is proxied).
@@ -19,6 +30,7 @@ CERT="${TLS_CERT_FILE:-/etc/nginx/certs/fullchain.pem}"
 KEY="${TLS_KEY_FILE:-/etc/nginx/certs/privkey.pem}"
 BACKEND="http://${BACKEND_HOST:-backend}:${BACKEND_PORT:-3000}"
 CONF_DIR=/etc/nginx/cultivate
+EDGE_DIR="$CONF_DIR/edge"
 HTTPS_CONF=/etc/nginx/conf.d/https.conf
 
 say() { echo "frontend: $*" >&2; }
@@ -31,9 +43,27 @@ disable_https() {
 pubkey_digest_cert() { openssl x509 -in "$1" -noout -pubkey | openssl pkey -pubin -outform DER | sha256sum | cut -d' ' -f1; }
 pubkey_digest_key() { openssl pkey -inform PEM -passin pass: -in "$1" -pubout -outform DER | sha256sum | cut -d' ' -f1; }
 
+edge_settings() {
+    ROOT=/usr/share/nginx/html
+    if [ -r "$EDGE_DIR/backend" ]; then
+        live="$(head -n 1 "$EDGE_DIR/backend" | tr -d ' \r')"
+        case "$live" in
+            *[!A-Za-z0-9._:-]* | "" | *:*:* | :*) say "ignoring $EDGE_DIR/backend: expected NAME:PORT, found '$live'" ;;
+            *:*) BACKEND="http://$live" ;;
+            *) BACKEND="http://$live:${BACKEND_PORT:-3000}" ;;
+        esac
+    fi
+    if [ -d "$EDGE_DIR/site" ]; then
+        ROOT="$EDGE_DIR/site"
+    fi
+}
+
 configure() {
-    # Backend address into the shared locations (no template engine needed).
-    sed "s|__BACKEND__|$BACKEND|g" "$CONF_DIR/locations.conf.template" > "$CONF_DIR/locations.conf"
+    edge_settings
+    # Backend address and site root into the shared locations (no template engine needed).
+    sed -e "s|__BACKEND__|$BACKEND|g" -e "s|__ROOT__|$ROOT|g" \
+        "$CONF_DIR/locations.conf.template" > "$CONF_DIR/locations.conf.new"
+    mv -f "$CONF_DIR/locations.conf.new" "$CONF_DIR/locations.conf"
     # IPv6 listeners only where the kernel has IPv6 (else nginx would not start).
     if [ -e /proc/net/if_inet6 ]; then
         echo "listen [::]:80 default_server;" > "$CONF_DIR/listen6-http.conf"
@@ -82,13 +112,47 @@ configure() {
     say "HTTPS enabled with $CERT ($(openssl x509 -in "$CERT" -noout -enddate))"
 }
 
+# PIDs of the nginx worker processes running now.
+workers() {
+    for f in /proc/[0-9]*/cmdline; do
+        if tr '\0' ' ' < "$f" 2>/dev/null | grep -q '^nginx: worker process'; then
+            p="${f#/proc/}"
+            echo "${p%/cmdline}"
+        fi
+    done
+}
+
+# Waits until every worker that ran before the last reload has exited: an old
+# worker finishes the requests it has in flight, then exits.
+drain() {
+    limit="${1:-30}"
+    waited=0
+    [ -r /tmp/cultivate-old-workers ] || return 0
+    while :; do
+        left=0
+        for p in $(cat /tmp/cultivate-old-workers); do
+            [ -d "/proc/$p" ] && left=$((left + 1))
+        done
+        [ "$left" -eq 0 ] && break
+        if [ "$waited" -ge $((limit * 10)) ]; then
+            say "drain: $left worker(s) of the earlier configuration still busy after ${limit}s"
+            exit 3
+        fi
+        sleep 0.1
+        waited=$((waited + 1))
+    done
+    rm -f /tmp/cultivate-old-workers
+}
+
 case "${1:-configure}" in
     configure) configure ;;
     reload)
         configure
         nginx -t -q
+        workers > /tmp/cultivate-old-workers
         nginx -s reload
-        say "nginx reloaded"
+        say "nginx reloaded (backend $BACKEND, site $ROOT)"
         ;;
-    *) echo "usage: cultivate-tls [configure|reload]" >&2; exit 2 ;;
+    drain) drain "${2:-30}" ;;
+    *) echo "usage: cultivate-tls [configure|reload|drain [SECONDS]]" >&2; exit 2 ;;
 esac

@@ -29,6 +29,8 @@ pub const DEFAULT_HEALTH_TIMEOUT: u64 = 180;
 pub const DEFAULT_HEALTH_INITIAL_BACKOFF_MS: u64 = 500;
 /// Default longest health-poll interval.
 pub const DEFAULT_HEALTH_MAX_BACKOFF_MS: u64 = 5_000;
+/// Default `health.drain_timeout`: seconds the old backend gets to finish requests in flight after a switch.
+pub const DEFAULT_DRAIN_TIMEOUT: u64 = 30;
 /// Default number of releases kept on the target (the current one included).
 pub const DEFAULT_RELEASES_KEPT: u32 = 5;
 /// Default base image for the Dockerfiles.
@@ -110,6 +112,7 @@ struct HealthFile {
     timeout: Option<u64>,
     initial_backoff_ms: Option<u64>,
     max_backoff_ms: Option<u64>,
+    drain_timeout: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,6 +156,8 @@ pub struct HealthSettings {
     pub initial_backoff_ms: u64,
     /// Longest interval.
     pub max_backoff_ms: u64,
+    /// Seconds a switched-out container gets to finish the requests in flight.
+    pub drain_secs: u64,
 }
 
 /// Everything a command needs, resolved.
@@ -489,6 +494,11 @@ pub fn resolve(
         );
     }
 
+    let drain = cfg.health.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+    if drain > 600 {
+        problem("health.drain_timeout", format!("{drain} must be at most 600 seconds"));
+    }
+
     // releases
     let releases_kept = match parse_u64("releases_kept", env_of("releases_kept")) {
         Some(Ok(n)) => n.min(u32::MAX as u64) as u32,
@@ -588,7 +598,12 @@ pub fn resolve(
         base_image,
         env: cfg.env,
         secrets_file,
-        health: HealthSettings { timeout_secs: health_timeout, initial_backoff_ms: initial, max_backoff_ms: max },
+        health: HealthSettings {
+            timeout_secs: health_timeout,
+            initial_backoff_ms: initial,
+            max_backoff_ms: max,
+            drain_secs: drain,
+        },
         releases_kept,
         runtime: flags.runtime.clone().or_else(|| env_of("runtime")).or(cfg.runtime),
         transport: flags.transport.clone().or_else(|| env_of("transport")).or(cfg.transport),
@@ -600,8 +615,18 @@ pub fn resolve(
 }
 
 /// Variables cultivate writes into `.env` itself.
-pub const RESERVED_ENV: &[&str] =
-    &["HTTP_PORT", "HTTPS_PORT", "RELEASE_VERSION", "IMAGE_PREFIX", "CERT_DIR", "COMPOSE_PROJECT_NAME"];
+pub const RESERVED_ENV: &[&str] = &[
+    "HTTP_PORT",
+    "HTTPS_PORT",
+    "RELEASE_VERSION",
+    "IMAGE_PREFIX",
+    "CERT_DIR",
+    "EDGE_DIR",
+    "DATABASE_TAG",
+    "BACKEND_TAG",
+    "FRONTEND_TAG",
+    "COMPOSE_PROJECT_NAME",
+];
 
 fn expand_path(s: &str, base: &Path) -> PathBuf {
     if let Some(rest) = s.strip_prefix("~/") {

@@ -202,6 +202,19 @@ pub struct ServiceState {
     /// Last health-check output, when failing.
     #[serde(default)]
     pub health_log: Option<String>,
+    /// Full container ID, when the runtime reports it.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Content ID (`sha256:…`) of the image the container runs, when reported.
+    #[serde(default)]
+    pub image_id: Option<String>,
+    /// The compose configuration hash the container was created with
+    /// (`com.docker.compose.config-hash`), when reported.
+    #[serde(default)]
+    pub config_hash: Option<String>,
+    /// When the container last started (RFC 3339), when reported.
+    #[serde(default)]
+    pub started_at: Option<String>,
 }
 
 /// Logs of a stack.
@@ -235,10 +248,105 @@ pub struct StackExecRequest {
     pub argv: Vec<String>,
 }
 
+/// Start one more container of a service beside the ones running, from the
+/// stack's configuration, without touching the running ones or other services.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartBesideRequest {
+    /// The stack whose configuration the new container gets.
+    pub stack: StackRef,
+    /// The service.
+    pub service: String,
+    /// How many containers of the service there are to be afterwards (running + 1).
+    pub replicas: u32,
+}
+
+/// Create or recreate some services only, leaving the others and their dependencies alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpServicesRequest {
+    /// The stack.
+    pub stack: StackRef,
+    /// The services to bring to the stack's configuration.
+    pub services: Vec<String>,
+    /// Recreate even when the configuration is unchanged.
+    #[serde(default)]
+    pub force_recreate: bool,
+    /// Seconds to wait for an old container to stop.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Stop (gracefully, then by force after the timeout) and remove containers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRemoveRequest {
+    /// Container IDs or names.
+    pub containers: Vec<String>,
+    /// Seconds between the stop signal and SIGKILL.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Run a command in one container (by ID or name).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerExecRequest {
+    /// Container ID or name.
+    pub container: String,
+    /// The command.
+    pub argv: Vec<String>,
+}
+
+/// Copy a directory out of an image into a directory on the target.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyFromImageRequest {
+    /// Image reference or ID.
+    pub image: String,
+    /// Absolute directory inside the image.
+    pub path: String,
+    /// Directory on the target to create with the contents (must not exist yet;
+    /// made whole or not at all).
+    pub dest: String,
+}
+
 operation!(
     /// `compose up -d` for the stack.
     StackUp, "stack.up", StackUpRequest => Empty
 );
+operation!(
+    /// Compose's configuration hash of each service (`config --hash '*'`):
+    /// the value a container created from this configuration carries in
+    /// `com.docker.compose.config-hash`.
+    StackServiceHashes, "stack.service_hashes", StackRef => BTreeMap<String, String>
+);
+operation!(
+    /// Start one more container of a service beside the running ones (zero-downtime switch).
+    StackStartBeside, "stack.start_beside", StartBesideRequest => Empty
+);
+operation!(
+    /// Create or recreate only the named services (`up -d --no-deps SERVICE…`).
+    StackUpServices, "stack.up_services", UpServicesRequest => Empty
+);
+operation!(
+    /// Stop and remove containers (never volumes).
+    ContainerRemove, "container.remove", ContainerRemoveRequest => Empty
+);
+operation!(
+    /// Run a command in one container; its output and status come back as they are.
+    ContainerExec, "container.exec", ContainerExecRequest => crate::ExecOutput
+);
+operation!(
+    /// Copy a directory of an image to the target's filesystem (a site's static files).
+    CopyFromImage, "image.copy_out", CopyFromImageRequest => Empty
+);
+
+/// The operations a stack plugin implements for zero-downtime switching; a
+/// plugin lacking any of them gets today's whole-stack `stack.up`.
+pub const SWITCH_OPERATIONS: &[&str] = &[
+    StackServiceHashes::NAME,
+    StackStartBeside::NAME,
+    StackUpServices::NAME,
+    ContainerRemove::NAME,
+    ContainerExec::NAME,
+    CopyFromImage::NAME,
+];
 operation!(
     /// `compose down` for the stack (volumes kept unless asked).
     StackDown, "stack.down", StackDownRequest => Empty

@@ -259,9 +259,13 @@ impl Stack {
         for (k, v) in [
             ("IMAGE_PREFIX", IMAGE_PREFIX.to_string()),
             ("RELEASE_VERSION", TEST_TAG.to_string()),
+            ("DATABASE_TAG", TEST_TAG.to_string()),
+            ("BACKEND_TAG", TEST_TAG.to_string()),
+            ("FRONTEND_TAG", TEST_TAG.to_string()),
             ("HTTP_PORT", http_port.to_string()),
             ("HTTPS_PORT", https_port.to_string()),
             ("CERT_DIR", cert_dir.display().to_string()),
+            ("EDGE_DIR", dir.path().join("edge").display().to_string()),
             ("HEALTHCHECK_INTERVAL", "1s".to_string()),
             ("APP_SECRET", format!("e2e-secret-{project}")),
         ] {

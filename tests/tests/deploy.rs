@@ -289,8 +289,12 @@ fn p22_configuration_deployment_completeness() {
     let expected = format!(
         "# Written by cultivate for release {version}. Edit cultivate.toml, not this file.\n\
          # cultivate\n\
-         CERT_DIR=./certs\n\
+         BACKEND_TAG={version}\n\
+         CERT_DIR={root}/certs\n\
          COMPOSE_PROJECT_NAME={name}\n\
+         DATABASE_TAG={version}\n\
+         EDGE_DIR={root}/edge\n\
+         FRONTEND_TAG={version}\n\
          HTTPS_PORT={https}\n\
          HTTP_PORT={http}\n\
          IMAGE_PREFIX={name}\n\
@@ -303,6 +307,7 @@ fn p22_configuration_deployment_completeness() {
         http = p.http_port,
         https = p.https_port,
         secret = p.secret,
+        root = p.deploy_path,
     );
     assert_eq!(env, expected, "the deployed .env is not what cultivate generates from the configuration");
 

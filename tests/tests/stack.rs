@@ -720,7 +720,8 @@ fn env_value() -> impl Strategy<Value = String> {
 fn p12_environment_variable_interpolation() {
     ready_or_skip!();
     proptest!(proptest_config(100), |(greeting in env_value(), secret in env_value(), tag in "[a-z0-9][a-z0-9._-]{0,20}")| {
-        let dir = config_dir(&[("APP_GREETING", &greeting), ("APP_SECRET", &secret), ("RELEASE_VERSION", &tag)]);
+        // The backend's image tag and its RELEASE_VERSION are the release that built it.
+        let dir = config_dir(&[("APP_GREETING", &greeting), ("APP_SECRET", &secret), ("BACKEND_TAG", &tag)]);
         let cfg = compose_config(dir.path(), "cve2econfig").map_err(TestCaseError::fail)?;
         let env = &cfg["services"]["backend"]["environment"];
         prop_assert_eq!(env["APP_GREETING"].as_str(), Some(greeting.as_str()));

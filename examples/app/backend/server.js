@@ -5,6 +5,8 @@
 //
 //   GET  /health, /api/health   runs SELECT 1 through the socket
 //   GET  /api/info              release version and greeting (never a secret)
+//   GET  /api/slow?ms=N         answers after N ms (at most 10000; default 2000):
+//                               a request in flight while a release is switched
 //   GET  /api/notes             lists notes
 //   POST /api/notes             {"body": "..."} inserts a note
 'use strict';
@@ -94,6 +96,11 @@ async function handle(req, res) {
         greeting: process.env.APP_GREETING || 'Hello from cultivate',
         secretConfigured: Boolean(process.env.APP_SECRET),
       });
+    case 'GET /api/slow': {
+      const ms = Math.min(Math.max(Number(url.searchParams.get('ms') || 2000) || 0, 0), 10000);
+      await new Promise((resolve) => setTimeout(resolve, ms));
+      return send(res, 200, { waited: ms, version: process.env.RELEASE_VERSION || 'dev' });
+    }
     case 'GET /api/notes': {
       await ensureSchema();
       const result = await pool.query('SELECT id, body, created_at FROM notes ORDER BY id');

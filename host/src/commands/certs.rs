@@ -64,8 +64,12 @@ pub fn renew(printer: &Printer, config: Option<&Path>, args: &RenewArgs) -> Resu
             ctx.current_version()?.context("nothing is deployed yet: deploy first, with tls.cert and tls.key set")?;
         let dir = format!("{}/certs", ctx.layout.release(&current));
         ctx.status(&format!("installing the certificate in release {current}"));
-        ctx.session.put_file(&format!("{dir}/fullchain.pem"), 0o644, &fs_err::read(&tls.cert)?)?;
-        ctx.session.put_file(&format!("{dir}/privkey.pem"), 0o600, &fs_err::read(&tls.key)?)?;
+        let (cert, key) = (fs_err::read(&tls.cert)?, fs_err::read(&tls.key)?);
+        // The release keeps its copy (a rollback restores it); nginx reads CERT_DIR.
+        for dir in [dir.clone(), ctx.layout.certs()] {
+            ctx.session.put_file(&format!("{dir}/fullchain.pem"), 0o644, &cert)?;
+            ctx.session.put_file(&format!("{dir}/privkey.pem"), 0o600, &key)?;
+        }
         let req = ops::StackExecRequest {
             stack: ctx.stack_ref(&current),
             service: "frontend".into(),

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use cultivate_plugin_api::ops;
 use cultivate_plugin_api::ExecRequest;
 
@@ -61,12 +61,15 @@ pub fn status(printer: &Printer, config: Option<&Path>, args: &TargetArgs) -> Re
         }
         return Ok(());
     };
+    let mut ctx = ctx;
+    let repaired = repair_if_needed(&mut ctx, &current)?;
     let states = ctx.stack_op::<ops::StackPs>(&ctx.stack_ref(&current))?;
     let verdict = pipeline::health::judge(&pipeline::build::SERVICES, &states);
     if printer.json() {
         printer.json_value(&serde_json::json!({
             "current": current,
             "healthy": verdict == pipeline::health::Verdict::Healthy,
+            "repaired": repaired,
             "services": states,
         }));
     } else {
@@ -80,6 +83,42 @@ pub fn status(printer: &Printer, config: Option<&Path>, args: &TargetArgs) -> Re
         ));
     }
     Ok(())
+}
+
+/// Finds a stack that is not what the current release says (a deploy or
+/// rollback interrupted in the middle of its switch: two backends, the edge
+/// on a container of a release that never became current) and, when the
+/// lock is free, moves it back to the current release with the same switch
+/// a deploy uses. Returns what was done, one line per service changed.
+fn repair_if_needed(ctx: &mut pipeline::Ctx<'_>, current: &str) -> Result<Vec<String>> {
+    use pipeline::switch;
+    if !switch::supported(ctx) {
+        return Ok(Vec::new());
+    }
+    let Some(record) = ctx.read_record(current)? else { return Ok(Vec::new()) };
+    let stack = ctx.stack_ref(current);
+    let hashes = ctx.stack_op::<ops::StackServiceHashes>(&stack)?;
+    let running = ctx.stack_op::<ops::StackPs>(&stack)?;
+    let edge = switch::read_edge(ctx)?;
+    let plan = switch::plan(&record, &hashes, &running, &edge);
+    let off: Vec<String> = plan.iter().filter(|p| p.action != switch::Action::Unchanged).map(|p| p.line()).collect();
+    if off.is_empty() {
+        return Ok(Vec::new());
+    }
+    ctx.warn(&format!(
+        "the running stack is not release {current}'s (an interrupted deploy or rollback?): {}",
+        off.join("; ")
+    ));
+    if let Err(e) = ctx.lock("repair of an interrupted switch") {
+        ctx.warn(&format!("not repairing now: {e:#}"));
+        return Ok(Vec::new());
+    }
+    ctx.status(&format!("repairing: moving the stack back to release {current}"));
+    let result = switch::converge(ctx, current, &record, true);
+    ctx.unlock();
+    result.with_context(|| format!("repairing the stack to release {current} failed"))?;
+    ctx.printer.success(&format!("repaired: release {current} runs as recorded"));
+    Ok(off)
 }
 
 /// `cultivate logs [SERVICE]`.

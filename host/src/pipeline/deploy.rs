@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 
 use super::build::{self, BuiltImage, SERVICES};
 use super::release::{self, ReleaseImage, ReleaseRecord, ReleaseStatus};
+use super::switch::{self, Action, ServicePlan};
 use super::transfer::{self, TransferStats};
 use super::{envfile, Ctx, Stage};
 use crate::cli::BuildMode;
@@ -34,6 +35,8 @@ pub struct DeployReport {
     pub timings: Vec<(Stage, f64)>,
     /// Where the deploy log went on the target.
     pub log_path: Option<String>,
+    /// What happened (or, planned, would happen) to each service.
+    pub services: Vec<ServicePlan>,
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -77,7 +80,7 @@ pub fn run(settings: &Settings, printer: &Printer) -> Result<DeployReport> {
         }
     }
     if settings.dry_run {
-        return plan(&mut ctx, &version);
+        return plan(&mut ctx, &version, &secrets);
     }
     let start = std::time::Instant::now();
     ctx.lock(&format!("deploy of {version}"))?;
@@ -106,10 +109,25 @@ pub fn run(settings: &Settings, printer: &Printer) -> Result<DeployReport> {
     Ok(report)
 }
 
-fn plan(ctx: &mut Ctx<'_>, version: &str) -> Result<DeployReport> {
+fn plan(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, String>) -> Result<DeployReport> {
     let s = ctx.settings;
     let current = ctx.current_version()?;
+    let current_record = match &current {
+        Some(v) => ctx.read_record(v)?,
+        None => None,
+    };
     ctx.status(&format!("plan for release {version} (dry run: nothing is changed)"));
+    // Local builds change nothing on the target: build, so that the plan knows which images changed.
+    let services = if s.build_mode == BuildMode::Local && switch::supported(ctx) {
+        let images = build_images(ctx, version)?;
+        let (desired, site) = desired_images(&images, current_record.as_ref());
+        let files = config_files(ctx, version, secrets, &desired)?;
+        let services = dry_run_services(ctx, &desired, site, &files);
+        untag_local(&images);
+        Some(services?)
+    } else {
+        None
+    };
     let steps = [
         format!(
             "build {} images ({}, base {})",
@@ -130,16 +148,27 @@ fn plan(ctx: &mut Ctx<'_>, version: &str) -> Result<DeployReport> {
             if s.tls.is_some() { " and the certificate" } else { "" },
             ctx.layout.release(version)
         ),
-        format!(
-            "start the stack with {} (project {}), ports {} and {}",
-            ctx.stack.manifest().name,
-            s.project,
-            s.http_port,
-            s.https_port
-        ),
+        if switch::supported(ctx) {
+            format!(
+                "move the stack to it service by service with {} (project {}), ports {} and {}: \
+                 a new backend takes over behind nginx once healthy, nginx reloads in place",
+                ctx.stack.manifest().name,
+                s.project,
+                s.http_port,
+                s.https_port
+            )
+        } else {
+            format!(
+                "recreate the whole stack with {} (project {}: it cannot switch without downtime), ports {} and {}",
+                ctx.stack.manifest().name,
+                s.project,
+                s.http_port,
+                s.https_port
+            )
+        },
         format!("wait up to {}s for database, backend and frontend to be healthy", s.health.timeout_secs),
         match &current {
-            Some(c) => format!("on failure roll back to release {c}"),
+            Some(c) => format!("on failure roll back to release {c} the same way"),
             None => "on failure stop the new release (there is no previous one)".to_string(),
         },
         format!("keep {} releases; write the deploy log to {}", s.releases_kept, ctx.layout.logs()),
@@ -147,12 +176,88 @@ fn plan(ctx: &mut Ctx<'_>, version: &str) -> Result<DeployReport> {
     for (i, step) in steps.iter().enumerate() {
         ctx.printer.detail(&format!("{}. {step}", i + 1));
     }
+    let services = services.unwrap_or_default();
+    if !services.is_empty() {
+        ctx.printer.detail("services:");
+        for p in &services {
+            ctx.printer.detail(&format!("  {}", p.line()));
+        }
+    }
     Ok(DeployReport {
         version: version.to_string(),
         outcome: "planned".into(),
         previous: current,
+        services,
         ..DeployReport::default()
     })
+}
+
+/// The plan of a dry run: the release's configuration goes to a scratch
+/// directory on the target only to ask compose for its hashes, then goes.
+fn dry_run_services(
+    ctx: &mut Ctx<'_>,
+    desired: &BTreeMap<String, ReleaseImage>,
+    site: ReleaseImage,
+    files: &[ConfigFile],
+) -> Result<Vec<ServicePlan>> {
+    let q = cultivate_plugin_api::shell::quote;
+    let scratch = format!("{}/.plan-{}", ctx.layout.root, std::process::id());
+    ctx.session.sh(&format!("mkdir -p {}", q(&scratch)))?;
+    let result = (|| {
+        for f in files.iter().filter(|f| !f.name.starts_with("certs/")) {
+            ctx.session.put_file(&format!("{scratch}/{}", f.name), f.mode, &f.data)?;
+        }
+        let mut stack = ctx.stack_ref("unused");
+        stack.dir = scratch.clone();
+        let hashes = ctx.stack_op::<ops::StackServiceHashes>(&stack)?;
+        let running = ctx.stack_op::<ops::StackPs>(&stack)?;
+        let edge = switch::read_edge(ctx)?;
+        let record = ReleaseRecord {
+            version: String::new(),
+            created_at: String::new(),
+            images: desired.clone(),
+            site: Some(site),
+            files: BTreeMap::new(),
+            fingerprint: String::new(),
+            status: ReleaseStatus::Pending,
+            previous: None,
+            runtime: BTreeMap::new(),
+        };
+        Ok(switch::plan(&record, &hashes, &running, &edge))
+    })();
+    let _ = ctx.session.run(&ExecRequest::new(["rm", "-rf", &scratch]));
+    result
+}
+
+/// The image each service runs in a release: the one just built, or, when
+/// its content is what the current release runs, the current reference (so
+/// compose sees an unchanged configuration and leaves the container alone).
+/// The frontend's nginx stays the current one when only its site changed;
+/// the site is always the new image's. Returns `(service → image, site)`.
+pub fn desired_images(
+    images: &[BuiltImage],
+    current: Option<&ReleaseRecord>,
+) -> (BTreeMap<String, ReleaseImage>, ReleaseImage) {
+    let mut out = BTreeMap::new();
+    let mut site = ReleaseImage { reference: String::new(), id: String::new(), without_site: None };
+    for i in images {
+        let built = ReleaseImage {
+            reference: i.reference.clone(),
+            id: i.id.clone(),
+            without_site: (i.service == "frontend").then(|| switch::without_site(&i.layers)).flatten(),
+        };
+        let old = current.and_then(|r| r.images.get(&i.service));
+        let keep = match old {
+            Some(o) if o.id == i.id => true,
+            Some(o) if i.service == "frontend" => o.without_site.is_some() && o.without_site == built.without_site,
+            _ => false,
+        };
+        if i.service == "frontend" {
+            site = ReleaseImage { reference: i.reference.clone(), id: i.id.clone(), without_site: None };
+        }
+        out.insert(i.service.clone(), if keep { old.cloned().unwrap_or(built) } else { built });
+    }
+    (out, site)
 }
 
 fn deploy_locked(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, String>) -> Result<DeployReport> {
@@ -172,12 +277,14 @@ fn deploy_locked(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, St
     let images = build_images(ctx, version)?;
 
     // Configuration and fingerprint: nothing changed means nothing to do.
-    let files = config_files(ctx, version, secrets)?;
+    let (desired, site) = desired_images(&images, current_record.as_ref());
+    let files = config_files(ctx, version, secrets, &desired)?;
     let fingerprint = fingerprint(&images, &files);
     if let Some(rec) = &current_record {
         if rec.fingerprint == fingerprint && rec.status == ReleaseStatus::Healthy {
             let states = ctx.stack_op::<ops::StackPs>(&ctx.stack_ref(&rec.version))?;
-            if super::health::judge(&SERVICES, &states) == super::health::Verdict::Healthy {
+            let one_each = SERVICES.iter().all(|s| states.iter().filter(|c| c.service == *s).count() == 1);
+            if one_each && super::health::judge(&SERVICES, &states) == super::health::Verdict::Healthy {
                 if settings.build_mode == BuildMode::Local {
                     untag_local(&images);
                 }
@@ -186,6 +293,15 @@ fn deploy_locked(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, St
                     version: rec.version.clone(),
                     outcome: "unchanged".into(),
                     previous: current.clone(),
+                    services: SERVICES
+                        .iter()
+                        .map(|s| ServicePlan {
+                            service: s.to_string(),
+                            action: Action::Unchanged,
+                            reason: None,
+                            outage_secs: None,
+                        })
+                        .collect(),
                     ..DeployReport::default()
                 });
             }
@@ -212,10 +328,8 @@ fn deploy_locked(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, St
     let mut record = ReleaseRecord {
         version: version.to_string(),
         created_at: release::now_iso(),
-        images: images
-            .iter()
-            .map(|i| (i.service.clone(), ReleaseImage { reference: i.reference.clone(), id: i.id.clone() }))
-            .collect(),
+        images: desired,
+        site: Some(site),
         files: files.iter().map(|f| (f.name.clone(), sha256_hex(&f.data))).collect(),
         fingerprint,
         status: ReleaseStatus::Pending,
@@ -232,40 +346,16 @@ fn deploy_locked(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, St
     // Start and health (P23); rollback on failure (P24).
     ctx.status(&format!("starting release {version}"));
     let start = std::time::Instant::now();
-    let up = ctx.stack_op::<ops::StackUp>(&ops::StackUpRequest {
-        stack: stack.clone(),
-        force_recreate: false,
-        timeout_secs: Some(30),
-    });
+    let outcome = start_release(ctx, version, &record);
     ctx.timings.record(Stage::Up, start);
-    let failure = match up {
-        Err(e) => Some(format!("starting the stack failed: {e:#}")),
-        Ok(Empty {}) => {
-            ctx.status("waiting for every container to be healthy");
-            let start = std::time::Instant::now();
-            let h = ctx.wait_healthy(version)?;
-            ctx.timings.record(Stage::Health, start);
-            match h {
-                Ok(states) => {
-                    for s in &states {
-                        ctx.detail(&format!(
-                            "{}: {} ({})",
-                            s.service,
-                            s.state,
-                            s.health.as_deref().unwrap_or("no health check")
-                        ));
-                    }
-                    None
-                }
-                Err(f) => Some(f.to_string()),
-            }
+    let services = match outcome {
+        Ok(services) => services,
+        Err(e) => {
+            record.status = ReleaseStatus::Failed;
+            let _ = ctx.write_record(&record);
+            return Err(fail_and_roll_back(ctx, version, current_record.as_ref(), &format!("{e:#}")));
         }
     };
-    if let Some(reason) = failure {
-        record.status = ReleaseStatus::Failed;
-        let _ = ctx.write_record(&record);
-        return Err(fail_and_roll_back(ctx, version, current.as_deref(), &reason));
-    }
 
     // Commit.
     let start = std::time::Instant::now();
@@ -276,6 +366,12 @@ fn deploy_locked(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, St
     ctx.timings.record(Stage::Commit, start);
     let url = format!("http://{}:{}/", display_host(ctx), settings.http_port);
     ctx.printer.success(&format!("release {version} is live and healthy: {url}"));
+    if let Some(outage) = switch::outage(&services) {
+        ctx.warn(&format!(
+            "the frontend was recreated (new nginx image or configuration): requests could fail for up to {:.1}s",
+            outage.as_secs_f64()
+        ));
+    }
     ctx.log.record("INFO", &format!("release {version} is healthy and current"));
     Ok(DeployReport {
         version: version.to_string(),
@@ -283,8 +379,48 @@ fn deploy_locked(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, St
         previous: current,
         transfers,
         bytes_sent,
+        services,
         ..DeployReport::default()
     })
+}
+
+/// Moves the running stack to `version`: service by service without
+/// downtime when the stack plugin can, else the whole stack recreated.
+pub fn start_release(ctx: &mut Ctx<'_>, version: &str, record: &ReleaseRecord) -> Result<Vec<ServicePlan>> {
+    if switch::supported(ctx) {
+        return switch::converge(ctx, version, record, true);
+    }
+    ctx.warn(&format!(
+        "{} {} cannot switch services without downtime (it lacks {}): recreating the whole stack",
+        ctx.stack.manifest().name,
+        ctx.stack.manifest().version,
+        ops::SWITCH_OPERATIONS
+            .iter()
+            .filter(|o| !ctx.stack.manifest().implements(o))
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let stack = ctx.stack_ref(version);
+    ctx.stack_op::<ops::StackUp>(&ops::StackUpRequest { stack, force_recreate: false, timeout_secs: Some(30) })
+        .context("starting the stack failed")?;
+    ctx.status("waiting for every container to be healthy");
+    let start = std::time::Instant::now();
+    let h = ctx.wait_healthy(version)?;
+    ctx.timings.record(Stage::Health, start);
+    let states = h.map_err(|f| anyhow::anyhow!("{f}"))?;
+    for s in &states {
+        ctx.detail(&format!("{}: {} ({})", s.service, s.state, s.health.as_deref().unwrap_or("no health check")));
+    }
+    Ok(SERVICES
+        .iter()
+        .map(|s| ServicePlan {
+            service: s.to_string(),
+            action: Action::Restarted,
+            reason: Some("the stack plugin cannot switch".into()),
+            outage_secs: None,
+        })
+        .collect())
 }
 
 fn display_host(ctx: &Ctx<'_>) -> String {
@@ -494,14 +630,31 @@ fn send_archive(
     Ok((stats, ok))
 }
 
-fn config_files(ctx: &Ctx<'_>, version: &str, secrets: &BTreeMap<String, String>) -> Result<Vec<ConfigFile>> {
+fn config_files(
+    ctx: &Ctx<'_>,
+    version: &str,
+    secrets: &BTreeMap<String, String>,
+    images: &BTreeMap<String, ReleaseImage>,
+) -> Result<Vec<ConfigFile>> {
     let s = ctx.settings;
     let compose_path = s.stack_dir.join("compose").join("docker-compose.yml");
     let compose = fs_err::read(&compose_path).map_err(|e| {
         crate::error::usage(format!("cannot read the compose file: {e}"))
             .hint("set `stack_dir` to the directory holding compose/docker-compose.yml")
     })?;
-    let system = envfile::system_vars(&s.project, version, s.http_port, s.https_port, s.tls.is_some());
+    let tags = images
+        .iter()
+        .map(|(svc, i)| (svc.clone(), i.reference.rsplit_once(':').map(|(_, t)| t).unwrap_or(version).to_string()))
+        .collect();
+    let system = envfile::system_vars(&envfile::System {
+        project: &s.project,
+        version,
+        http: s.http_port,
+        https: s.https_port,
+        tls: s.tls.is_some(),
+        tags,
+        root: &ctx.layout.root,
+    });
     let env = envfile::render(version, &system, &s.env, secrets)
         .map_err(|errs| crate::error::usage(format!("values that cannot go into .env:\n  {}", errs.join("\n  "))))?;
     let mut files = vec![
@@ -561,21 +714,64 @@ fn upload_config(ctx: &Ctx<'_>, version: &str, files: &[ConfigFile]) -> Result<(
     Ok(())
 }
 
-/// Removes old releases and their images, keeping `releases_kept`.
+/// Removes old releases and their images, keeping `releases_kept`. An image
+/// tag a kept release still runs (an unchanged image keeps an older tag) stays,
+/// and so do the site directories kept releases serve.
 fn prune(ctx: &mut Ctx<'_>, current: &str, previous: Option<&str>) {
     let Ok(all) = ctx.list_releases() else { return };
     let doomed = release::releases_to_prune(&all, Some(current), previous, ctx.settings.releases_kept as usize);
+    if doomed.is_empty() {
+        return;
+    }
+    let mut kept_refs = std::collections::BTreeSet::new();
+    let mut kept_sites = std::collections::BTreeSet::new();
+    for v in all.iter().filter(|v| !doomed.contains(v)) {
+        match ctx.read_record(v) {
+            Ok(Some(r)) => {
+                kept_refs.extend(r.images.values().map(|i| i.reference.clone()));
+                if let Some(site) = &r.site {
+                    kept_refs.insert(site.reference.clone());
+                    kept_sites.insert(switch::site_id(&site.id));
+                }
+            }
+            // Without a kept release's record, nothing can be pruned safely.
+            _ => return,
+        }
+        kept_refs.extend(SERVICES.iter().map(|s| build::image_ref(&ctx.settings.project, s, v)));
+    }
     for v in doomed {
-        let refs: Vec<String> = SERVICES.iter().map(|s| build::image_ref(&ctx.settings.project, s, &v)).collect();
-        let _ = ctx.images_op::<ops::ImageRemove>(&ImageRefs { refs });
+        let mut refs: Vec<String> = SERVICES.iter().map(|s| build::image_ref(&ctx.settings.project, s, &v)).collect();
+        if let Ok(Some(r)) = ctx.read_record(&v) {
+            refs.extend(r.images.values().map(|i| i.reference.clone()));
+        }
+        refs.sort();
+        refs.dedup();
+        refs.retain(|r| !kept_refs.contains(r));
+        if !refs.is_empty() {
+            let _ = ctx.images_op::<ops::ImageRemove>(&ImageRefs { refs });
+        }
         let _ = ctx.session.run(&ExecRequest::new(["rm", "-rf", &ctx.layout.release(&v)]));
         ctx.log.record("INFO", &format!("pruned release {v}"));
         tracing::info!("pruned release {v}");
     }
+    // Site directories no kept release serves.
+    let q = cultivate_plugin_api::shell::quote;
+    let keep: Vec<String> = kept_sites.iter().map(|s| q(s)).collect();
+    let _ = ctx.session.sh(&format!(
+        "cd {}/sites 2>/dev/null || exit 0; for d in *; do case \" {} \" in *\" $d \"*) ;; *) [ -d \"$d\" ] && rm -rf \"$d\" ;; esac; done",
+        q(&ctx.layout.edge()),
+        keep.join(" ")
+    ));
 }
 
-/// Shows diagnostics and rolls back to `previous` (P24); the error says what happened.
-fn fail_and_roll_back(ctx: &mut Ctx<'_>, version: &str, previous: Option<&str>, reason: &str) -> anyhow::Error {
+/// Shows diagnostics and rolls back to `previous` (P24) with the same switch
+/// a deploy uses; the error says what happened.
+fn fail_and_roll_back(
+    ctx: &mut Ctx<'_>,
+    version: &str,
+    previous: Option<&ReleaseRecord>,
+    reason: &str,
+) -> anyhow::Error {
     ctx.printer.warn(&format!("release {version} failed: {reason}"));
     let diag = ctx.diagnostics(version);
     ctx.log.record("ERROR", &format!("release {version} failed: {reason}\n{diag}"));
@@ -589,9 +785,10 @@ fn fail_and_roll_back(ctx: &mut Ctx<'_>, version: &str, previous: Option<&str>, 
             .hint("the diagnostics above show why; fix it and deploy again")
             .into();
     };
+    let previous = previous.version.clone();
     ctx.status(&format!("rolling back to release {previous}"));
     let start = std::time::Instant::now();
-    let outcome = super::rollback::start_and_verify(ctx, previous);
+    let outcome = super::rollback::start_and_verify(ctx, &previous);
     ctx.timings.record(Stage::Rollback, start);
     match outcome {
         Ok(()) => UserError::new(Code::RolledBack, format!("deploy of {version} failed: {reason}; rolled back to release {previous}, which is healthy"))

@@ -31,17 +31,40 @@ pub fn quote_value(key: &str, value: &str) -> Result<String, String> {
     Ok(format!("'{value}'"))
 }
 
+/// What cultivate itself puts into a release's `.env`.
+#[derive(Debug, Clone, Default)]
+pub struct System<'a> {
+    /// Compose project and image prefix.
+    pub project: &'a str,
+    /// The release.
+    pub version: &'a str,
+    /// Published ports.
+    pub http: u16,
+    /// Published ports.
+    pub https: u16,
+    /// A certificate and key are deployed.
+    pub tls: bool,
+    /// Each service's image tag (`database` → `20261129-…`): the release that built the image.
+    pub tags: BTreeMap<String, String>,
+    /// The deploy directory (absolute): `EDGE_DIR` and `CERT_DIR` are under it.
+    pub root: &'a str,
+}
+
 /// The variables cultivate sets itself.
-pub fn system_vars(project: &str, version: &str, http: u16, https: u16, tls: bool) -> BTreeMap<String, String> {
+pub fn system_vars(sys: &System<'_>) -> BTreeMap<String, String> {
     let mut v = BTreeMap::from([
-        ("COMPOSE_PROJECT_NAME".to_string(), project.to_string()),
-        ("IMAGE_PREFIX".to_string(), project.to_string()),
-        ("RELEASE_VERSION".to_string(), version.to_string()),
-        ("HTTP_PORT".to_string(), http.to_string()),
-        ("HTTPS_PORT".to_string(), https.to_string()),
-        ("CERT_DIR".to_string(), "./certs".to_string()),
+        ("COMPOSE_PROJECT_NAME".to_string(), sys.project.to_string()),
+        ("IMAGE_PREFIX".to_string(), sys.project.to_string()),
+        ("RELEASE_VERSION".to_string(), sys.version.to_string()),
+        ("HTTP_PORT".to_string(), sys.http.to_string()),
+        ("HTTPS_PORT".to_string(), sys.https.to_string()),
+        ("CERT_DIR".to_string(), format!("{}/certs", sys.root)),
+        ("EDGE_DIR".to_string(), format!("{}/edge", sys.root)),
     ]);
-    if tls {
+    for (service, tag) in &sys.tags {
+        v.insert(format!("{}_TAG", service.to_ascii_uppercase()), tag.clone());
+    }
+    if sys.tls {
         v.insert("TLS_CERT_NAME".into(), "fullchain.pem".into());
         v.insert("TLS_KEY_NAME".into(), "privkey.pem".into());
     }
@@ -102,14 +125,15 @@ mod tests {
 
     #[test]
     fn fingerprint_ignores_only_the_version() {
-        let sys1 = system_vars("p", "v1", 80, 443, false);
-        let sys2 = system_vars("p", "v2", 80, 443, false);
+        let sys = |version, http| system_vars(&System { project: "p", version, http, https: 443, ..System::default() });
+        let sys1 = sys("v1", 80);
+        let sys2 = sys("v2", 80);
         let e = BTreeMap::new();
         let a = render("v1", &sys1, &e, &e).unwrap();
         let b = render("v2", &sys2, &e, &e).unwrap();
         assert_ne!(a, b);
         assert_eq!(fingerprint_text(&a), fingerprint_text(&b));
-        let sys3 = system_vars("p", "v2", 81, 443, false);
+        let sys3 = sys("v2", 81);
         assert_ne!(fingerprint_text(&a), fingerprint_text(&render("v2", &sys3, &e, &e).unwrap()));
     }
 

@@ -36,6 +36,15 @@ pub fn judge(expected: &[&str], states: &[ServiceState]) -> Verdict {
                 format!("unhealthy{}", s.health_log.as_deref().map(|l| format!(": {}", l.trim())).unwrap_or_default()),
             )),
             ("running", other) => waiting.push(format!("{svc} ({other})")),
+            // Crash-looping: Docker restarts it with a growing back-off. Two
+            // polls in a row (see `wait`) make it a failure, not one restart.
+            ("restarting", _) => failed.push((
+                svc.to_string(),
+                format!(
+                    "keeps restarting{}",
+                    s.exit_code.map(|c| format!(" (last exit code {c})")).unwrap_or_default()
+                ),
+            )),
             ("exited" | "dead", _) => failed.push((
                 svc.to_string(),
                 format!("exited{}", s.exit_code.map(|c| format!(" with code {c}")).unwrap_or_default()),
@@ -175,7 +184,7 @@ mod tests {
 
     #[test]
     fn slow_starting_service_passes_within_the_deadline() {
-        let settings = HealthSettings { timeout_secs: 5, initial_backoff_ms: 10, max_backoff_ms: 20 };
+        let settings = HealthSettings { timeout_secs: 5, initial_backoff_ms: 10, max_backoff_ms: 20, drain_secs: 0 };
         let mut n = 0;
         let r = wait::<()>(
             &settings,
@@ -192,7 +201,7 @@ mod tests {
 
     #[test]
     fn never_healthy_times_out_naming_the_service() {
-        let settings = HealthSettings { timeout_secs: 1, initial_backoff_ms: 10, max_backoff_ms: 50 };
+        let settings = HealthSettings { timeout_secs: 1, initial_backoff_ms: 10, max_backoff_ms: 50, drain_secs: 0 };
         let r = wait::<()>(&settings, &["db"], || Ok(vec![st("db", "running", Some("starting"))]), |_| {}).unwrap();
         let f = r.unwrap_err();
         assert!(f.timed_out);
@@ -201,7 +210,7 @@ mod tests {
 
     #[test]
     fn failure_must_persist_for_two_polls() {
-        let settings = HealthSettings { timeout_secs: 5, initial_backoff_ms: 10, max_backoff_ms: 10 };
+        let settings = HealthSettings { timeout_secs: 5, initial_backoff_ms: 10, max_backoff_ms: 10, drain_secs: 0 };
         let mut n = 0;
         let r = wait::<()>(
             &settings,

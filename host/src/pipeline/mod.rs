@@ -19,6 +19,7 @@ pub mod envfile;
 pub mod health;
 pub mod release;
 pub mod rollback;
+pub mod switch;
 pub mod transfer;
 
 use std::time::Instant;

@@ -7,6 +7,9 @@
 //!   releases/VERSION/certs/               its certificate and key, if any
 //!   releases/VERSION/release.json         the record below
 //!   current -> releases/VERSION           the last release that was healthy
+//!   edge/backend                          NAME:PORT of the backend nginx sends /api/ to
+//!   edge/site -> sites/ID                 the site nginx serves (copied out of a frontend image)
+//!   certs/                                the running release's certificate and key (CERT_DIR)
 //!   logs/deploy-VERSION.log               one log per deploy, kept for a while
 //!   .lock/                                held while a deploy or rollback runs
 //! ```
@@ -55,6 +58,18 @@ impl Layout {
     pub fn lock(&self) -> String {
         format!("{}/.lock", self.root)
     }
+
+    /// The edge directory, mounted read-only into the frontend: `backend`
+    /// (the live backend container), `site` (link to `sites/ID`), `sites/`.
+    pub fn edge(&self) -> String {
+        format!("{}/edge", self.root)
+    }
+
+    /// The deployment's certificate directory (`CERT_DIR`), a copy of the
+    /// running release's `certs/`.
+    pub fn certs(&self) -> String {
+        format!("{}/certs", self.root)
+    }
 }
 
 /// What became of a release.
@@ -76,6 +91,9 @@ pub struct ReleaseImage {
     pub reference: String,
     /// Content ID on the target.
     pub id: String,
+    /// For the frontend: digest of its layers below the site (see `switch::without_site`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub without_site: Option<String>,
 }
 
 /// `release.json`.
@@ -85,8 +103,12 @@ pub struct ReleaseRecord {
     pub version: String,
     /// ISO 8601 time of creation.
     pub created_at: String,
-    /// Service name to image.
+    /// Service name to image: the image its container runs, tagged with the
+    /// release that built it (an unchanged image keeps an earlier release's tag).
     pub images: BTreeMap<String, ReleaseImage>,
+    /// The frontend image whose site is served (its nginx may be an earlier one's).
+    #[serde(default)]
+    pub site: Option<ReleaseImage>,
     /// sha256 of each configuration file, by name.
     pub files: BTreeMap<String, String>,
     /// Image IDs and configuration together: equal fingerprints mean nothing changed.

@@ -11,25 +11,41 @@ use crate::error::{Code, UserError};
 use crate::output::Printer;
 use crate::settings::Settings;
 
-/// Starts `version` from its own release directory and waits for it to be healthy.
-/// `current` moves to it only when it is.
+/// Moves the stack to `version`, from its own release directory (P30), with
+/// the same switch a deploy uses: services whose image and configuration are
+/// the same keep running, the backend is switched behind the edge; then
+/// waits until every container is healthy (P31). `current` moves to it only
+/// when it is.
 pub fn start_and_verify(ctx: &mut Ctx<'_>, version: &str) -> Result<()> {
-    let stack = ctx.stack_ref(version);
-    ctx.stack_op::<ops::StackUp>(&ops::StackUpRequest { stack, force_recreate: false, timeout_secs: Some(30) })
-        .with_context(|| format!("starting release {version}"))?;
-    match ctx.wait_healthy(version)? {
-        Ok(_) => {
+    let record = ctx.read_record(version)?;
+    let result = match record {
+        Some(record) if super::switch::supported(ctx) => {
+            super::switch::converge(ctx, version, &record, true).map(|_| ())
+        }
+        _ => legacy_start(ctx, version),
+    };
+    match result {
+        Ok(()) => {
             ctx.set_current(version)?;
             ctx.log.record("INFO", &format!("release {version} is healthy and current"));
             Ok(())
         }
-        Err(f) => {
+        Err(e) => {
             let diag = ctx.diagnostics(version);
-            ctx.log.record("ERROR", &format!("release {version} is not healthy: {f}\n{diag}"));
+            ctx.log.record("ERROR", &format!("release {version} is not healthy: {e:#}\n{diag}"));
             eprintln!("{}", diag.trim_end());
-            bail!("release {version} is not healthy: {f}")
+            bail!("release {version} is not healthy: {e:#}")
         }
     }
+}
+
+/// Earlier versions' way, for a stack plugin that cannot switch (or a
+/// release without a record): `compose up` of the whole release, then health.
+fn legacy_start(ctx: &mut Ctx<'_>, version: &str) -> Result<()> {
+    let stack = ctx.stack_ref(version);
+    ctx.stack_op::<ops::StackUp>(&ops::StackUpRequest { stack, force_recreate: false, timeout_secs: Some(30) })
+        .with_context(|| format!("starting release {version}"))?;
+    ctx.wait_healthy(version)?.map(|_| ()).map_err(|f| anyhow::anyhow!("{f}"))
 }
 
 /// The release a rollback goes to: `to`, or the newest healthy release older than `current`.

@@ -36,6 +36,12 @@ const OPERATIONS: &[&str] = &[
     ops::StackLogs::NAME,
     ops::StackConfig::NAME,
     ops::StackExec::NAME,
+    ops::StackServiceHashes::NAME,
+    ops::StackStartBeside::NAME,
+    ops::StackUpServices::NAME,
+    ops::ContainerRemove::NAME,
+    ops::ContainerExec::NAME,
+    ops::CopyFromImage::NAME,
     ops::Install::NAME,
     ops::InstallHelp::NAME,
 ];
@@ -68,6 +74,24 @@ impl Plugin for ComposePlugin {
             ops::StackLogs::NAME => ops::handle::<ops::StackLogs>(payload, |r| detect(host)?.logs(host, &r)),
             ops::StackConfig::NAME => ops::handle::<ops::StackConfig>(payload, |r| detect(host)?.config(host, &r)),
             ops::StackExec::NAME => ops::handle::<ops::StackExec>(payload, |r| detect(host)?.exec(host, &r)),
+            ops::StackServiceHashes::NAME => {
+                ops::handle::<ops::StackServiceHashes>(payload, |r| detect(host)?.service_hashes(host, &r))
+            }
+            ops::StackStartBeside::NAME => {
+                ops::handle::<ops::StackStartBeside>(payload, |r| detect(host)?.start_beside(host, &r))
+            }
+            ops::StackUpServices::NAME => {
+                ops::handle::<ops::StackUpServices>(payload, |r| detect(host)?.up_services(host, &r))
+            }
+            ops::ContainerRemove::NAME => {
+                ops::handle::<ops::ContainerRemove>(payload, |r| docker_cli().remove_containers(host, &r))
+            }
+            ops::ContainerExec::NAME => {
+                ops::handle::<ops::ContainerExec>(payload, |r| docker_cli().container_exec(host, &r))
+            }
+            ops::CopyFromImage::NAME => {
+                ops::handle::<ops::CopyFromImage>(payload, |r| docker_cli().copy_from_image(host, &r))
+            }
             ops::Install::NAME => ops::handle::<ops::Install>(payload, |r| install(host, &r.target)),
             ops::InstallHelp::NAME => ops::handle::<ops::InstallHelp>(payload, |r| Ok(install_help(&r.target))),
             other => Err(PluginError::unsupported(format!("operation {other}"))),
@@ -76,6 +100,12 @@ impl Plugin for ComposePlugin {
 }
 
 // ---------------------------------------------------------------- detection
+
+/// The engine CLI alone, for container operations that need no compose
+/// (no flavour detection: one command fewer).
+fn docker_cli() -> Compose {
+    Compose { command: Vec::new(), dialect: Dialect::V2, engine: vec!["docker".to_string()] }
+}
 
 /// A Compose found on the target.
 #[derive(Debug, Clone, PartialEq, Eq)]

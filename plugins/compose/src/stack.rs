@@ -5,8 +5,11 @@
 //! `#[path]`). The functions build the command lines and parse the output;
 //! the host runs the commands through the transport.
 
+use std::collections::BTreeMap;
+
 use cultivate_plugin_api::ops::{
-    Empty, ServiceState, StackDownRequest, StackExecRequest, StackLogsRequest, StackRef, StackUpRequest, Text,
+    ContainerExecRequest, ContainerRemoveRequest, CopyFromImageRequest, Empty, ServiceState, StackDownRequest,
+    StackExecRequest, StackLogsRequest, StackRef, StackUpRequest, StartBesideRequest, Text, UpServicesRequest,
 };
 use cultivate_plugin_api::{ErrorKind, ExecOutput, ExecRequest, Host, PluginError};
 use serde_json::Value;
@@ -178,56 +181,46 @@ impl Compose {
     }
 
     /// Containers of the stack (stopped ones too) with state, health, exit code,
-    /// image and the last failing health-check output.
+    /// image, container and image IDs, config hash, start time and the last
+    /// failing health-check output. Containers are inspected with a template
+    /// that asks only for those fields: never their environment, which holds
+    /// the release's secrets.
     pub fn ps(&self, host: &Host, stack: &StackRef) -> Result<Vec<ServiceState>, PluginError> {
-        match self.dialect {
-            Dialect::V1 => {
-                let r = self.request(stack, &["ps", "-q"])?;
+        let ids: Vec<String> = match self.dialect {
+            Dialect::V1 | Dialect::V2 => {
+                let args: &[&str] = if self.dialect == Dialect::V1 { &["ps", "-q"] } else { &["ps", "-a", "-q"] };
+                let r = self.request(stack, args)?;
                 let what = r.display();
                 let out = host.exec(&r)?.check(&what)?;
-                let ids: Vec<&str> = out.stdout.split_whitespace().collect();
-                if ids.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let mut states = self.inspect(host, &ids)?;
-                states.sort_by(|a, b| (&a.service, &a.container).cmp(&(&b.service, &b.container)));
-                Ok(states)
+                out.stdout.split_whitespace().map(str::to_string).collect()
             }
-            Dialect::V2 | Dialect::Finch => {
+            Dialect::Finch => {
                 let r = self.request(stack, &["ps", "-a", "--format", "json"])?;
                 let what = r.display();
                 let out = host.exec(&r)?.check(&what)?;
-                let mut states = parse_ps_json(&out.stdout)?;
-                let failing: Vec<&str> = states
-                    .iter()
-                    .filter(|s| matches!(s.health.as_deref(), Some("unhealthy") | Some("starting")))
-                    .map(|s| s.container.as_str())
-                    .collect();
-                if !failing.is_empty() {
-                    let detailed = self.inspect(host, &failing)?;
-                    for s in states.iter_mut() {
-                        if let Some(d) = detailed.iter().find(|d| d.container == s.container) {
-                            s.health_log = d.health_log.clone();
-                        }
-                    }
-                }
-                states.sort_by(|a, b| (&a.service, &a.container).cmp(&(&b.service, &b.container)));
-                Ok(states)
+                parse_ps_json(&out.stdout)?.into_iter().map(|s| s.container).filter(|c| !c.is_empty()).collect()
             }
+        };
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut states = self.inspect(host, &refs)?;
+        states.sort_by(|a, b| (&a.service, &a.container).cmp(&(&b.service, &b.container)));
+        Ok(states)
     }
 
-    /// `ENGINE inspect ID…` parsed into service states. Containers that vanished
-    /// in between are left out.
+    /// `ENGINE inspect --format TEMPLATE ID…` parsed into service states.
+    /// Containers that vanished in between are left out.
     fn inspect(&self, host: &Host, ids: &[&str]) -> Result<Vec<ServiceState>, PluginError> {
         let mut argv = self.engine.clone();
-        argv.push("inspect".into());
+        argv.extend(["inspect".to_string(), "--type".into(), "container".into(), "--format".into()]);
+        argv.push(INSPECT_TEMPLATE.to_string());
         argv.extend(ids.iter().map(|s| s.to_string()));
         let out = host.run(&argv)?;
-        if !out.success() && out.stdout.trim().trim_matches(|c| c == '[' || c == ']').trim().is_empty() {
+        if !out.success() && out.stdout.trim().is_empty() {
             let what = cultivate_plugin_api::shell::join(&argv);
-            let all_gone = out.stderr.to_ascii_lowercase().contains("no such");
-            if all_gone {
+            if out.stderr.to_ascii_lowercase().contains("no such") {
                 return Ok(Vec::new());
             }
             return Err(PluginError::new(
@@ -235,8 +228,208 @@ impl Compose {
                 format!("{what} exited with status {}: {}", out.status, out.stderr.trim()),
             ));
         }
-        parse_container_inspect(&out.stdout)
+        parse_inspect_lines(&out.stdout)
     }
+
+    /// `config --hash '*'`: compose's configuration hash of each service.
+    pub fn service_hashes(&self, host: &Host, stack: &StackRef) -> Result<BTreeMap<String, String>, PluginError> {
+        let r = self.request(stack, &["config", "--hash", "*"])?;
+        let what = r.display();
+        let out = host.exec(&r)?.check(&what)?;
+        let hashes = parse_hashes(&out.stdout);
+        if hashes.is_empty() {
+            return Err(PluginError::other(format!("{what} printed no service hashes")));
+        }
+        Ok(hashes)
+    }
+
+    /// The command that starts one more container of a service beside the
+    /// running ones: `up -d --no-deps --no-recreate --scale S=N S`.
+    pub fn start_beside_request(&self, req: &StartBesideRequest) -> Result<ExecRequest, PluginError> {
+        check_name("service", &req.service)?;
+        if req.replicas < 2 {
+            return Err(PluginError::invalid("stack.start_beside needs replicas of 2 or more"));
+        }
+        let scale = format!("{}={}", req.service, req.replicas);
+        self.request(&req.stack, &["up", "-d", "--no-deps", "--no-recreate", "--scale", &scale, req.service.as_str()])
+    }
+
+    /// Starts one more container of a service beside the running ones.
+    pub fn start_beside(&self, host: &Host, req: &StartBesideRequest) -> Result<Empty, PluginError> {
+        let r = self.start_beside_request(req)?;
+        let what = r.display();
+        host.exec(&r)?.check(&what)?;
+        Ok(Empty {})
+    }
+
+    /// `up -d --no-deps [--force-recreate] [-t N] SERVICE…`.
+    pub fn up_services_request(&self, req: &UpServicesRequest) -> Result<ExecRequest, PluginError> {
+        if req.services.is_empty() {
+            return Err(PluginError::invalid("stack.up_services needs at least one service"));
+        }
+        let mut args = vec!["up".to_string(), "-d".into(), "--no-deps".into()];
+        let finch = self.dialect == Dialect::Finch;
+        if req.force_recreate && !finch {
+            args.push("--force-recreate".into());
+        }
+        if let (Some(t), false) = (req.timeout_secs, finch) {
+            args.push("-t".into());
+            args.push(t.to_string());
+        }
+        for s in &req.services {
+            check_name("service", s)?;
+            args.push(s.clone());
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.request(&req.stack, &refs)
+    }
+
+    /// Brings only the named services to the stack's configuration.
+    pub fn up_services(&self, host: &Host, req: &UpServicesRequest) -> Result<Empty, PluginError> {
+        let r = self.up_services_request(req)?;
+        let what = r.display();
+        host.exec(&r)?.check(&what)?;
+        Ok(Empty {})
+    }
+
+    /// Stops (stop signal, then SIGKILL after the timeout) and removes containers.
+    pub fn remove_containers(&self, host: &Host, req: &ContainerRemoveRequest) -> Result<Empty, PluginError> {
+        if req.containers.is_empty() {
+            return Ok(Empty {});
+        }
+        for c in &req.containers {
+            check_name("container", c)?;
+        }
+        let mut stop = self.engine.clone();
+        stop.push("stop".into());
+        if let Some(t) = req.timeout_secs {
+            stop.push("-t".into());
+            stop.push(t.to_string());
+        }
+        stop.extend(req.containers.iter().cloned());
+        let out = host.run(&stop)?;
+        if !out.success() && !out.stderr.to_ascii_lowercase().contains("no such") {
+            out.check(&cultivate_plugin_api::shell::join(&stop))?;
+        }
+        let mut rm = self.engine.clone();
+        rm.push("rm".into());
+        rm.extend(req.containers.iter().cloned());
+        let out = host.run(&rm)?;
+        if !out.success() && !out.stderr.to_ascii_lowercase().contains("no such") {
+            out.check(&cultivate_plugin_api::shell::join(&rm))?;
+        }
+        Ok(Empty {})
+    }
+
+    /// `ENGINE exec CONTAINER argv…`; output and status as they are.
+    pub fn container_exec(&self, host: &Host, req: &ContainerExecRequest) -> Result<ExecOutput, PluginError> {
+        check_name("container", &req.container)?;
+        if req.argv.is_empty() {
+            return Err(PluginError::invalid("container.exec needs a command"));
+        }
+        let mut argv = self.engine.clone();
+        argv.push("exec".into());
+        argv.push(req.container.clone());
+        argv.extend(req.argv.iter().cloned());
+        host.run(&argv)
+    }
+
+    /// The shell script that copies `path` of an image to `dest`: a created
+    /// (never started) container, `cp` out of it as a tar stream into a
+    /// temporary directory, renamed into place; the container is removed
+    /// whatever happens.
+    pub fn copy_from_image_request(&self, req: &CopyFromImageRequest) -> Result<ExecRequest, PluginError> {
+        check_name("image", &req.image)?;
+        for (what, p) in [("path in the image", &req.path), ("destination", &req.dest)] {
+            if !p.starts_with('/') || p.contains("/../") || p.ends_with("/..") {
+                return Err(PluginError::invalid(format!("{what} must be an absolute path: {p}")));
+            }
+        }
+        let q = cultivate_plugin_api::shell::quote;
+        let engine = cultivate_plugin_api::shell::join(&self.engine);
+        // `cp CONTAINER:DIR -` streams a tar whose entries start with DIR's
+        // base name; dash has no pipefail, so an empty result is the failure check.
+        let script = format!(
+            "set -e; e() {{ {engine} \"$@\"; }}; d={d}; [ -d \"$d\" ] && exit 0; t=\"$d.tmp.$$\"; \
+             c=$(e create {image}); trap 'e rm -f \"$c\" >/dev/null 2>&1; rm -rf \"$t\"' EXIT; \
+             mkdir -p \"$t\"; e cp \"$c\":{path} - | tar -x -C \"$t\" --strip-components=1 --no-same-owner; \
+             [ -n \"$(ls -A \"$t\")\" ] || {{ echo \"{path} of {image} is empty or missing\" >&2; exit 1; }}; \
+             chmod -R a+rX \"$t\"; mv -T \"$t\" \"$d\"",
+            d = q(req.dest.trim_end_matches('/')),
+            image = q(&req.image),
+            path = q(req.path.trim_end_matches('/')),
+        );
+        Ok(ExecRequest::shell(script))
+    }
+
+    /// Copies a directory out of an image (see [`Compose::copy_from_image_request`]).
+    pub fn copy_from_image(&self, host: &Host, req: &CopyFromImageRequest) -> Result<Empty, PluginError> {
+        let r = self.copy_from_image_request(req)?;
+        let what = format!("copying {} of {} to {}", req.path, req.image, req.dest);
+        host.exec(&r)?.check(&what)?;
+        Ok(Empty {})
+    }
+}
+
+/// The fields of `inspect` the pipeline uses, one JSON object per container.
+/// Never `.Config.Env`: it holds the release's secrets.
+pub const INSPECT_TEMPLATE: &str = concat!(
+    r#"{"id":{{json .Id}},"name":{{json .Name}},"status":{{json .State.Status}},"#,
+    r#""exit_code":{{json .State.ExitCode}},"started_at":{{json .State.StartedAt}},"#,
+    r#""health":{{json .State.Health}},"image_id":{{json .Image}},"image":{{json .Config.Image}},"#,
+    r#""service":{{json (index .Config.Labels "com.docker.compose.service")}},"#,
+    r#""config_hash":{{json (index .Config.Labels "com.docker.compose.config-hash")}}}"#
+);
+
+/// Parses `config --hash '*'`: `SERVICE HASH` per line.
+pub fn parse_hashes(stdout: &str) -> BTreeMap<String, String> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (svc, hash) = (it.next()?, it.next()?);
+            (it.next().is_none() && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| (svc.to_string(), hash.to_string()))
+        })
+        .collect()
+}
+
+/// Parses the output of `inspect --format` [`INSPECT_TEMPLATE`]: one JSON
+/// object per line (a line that is not one is an error naming it).
+pub fn parse_inspect_lines(stdout: &str) -> Result<Vec<ServiceState>, PluginError> {
+    let mut out = Vec::new();
+    for line in stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let v: Value = serde_json::from_str(line).map_err(|e| {
+            PluginError::other(format!(
+                "cannot parse `inspect --format` output ({e}): {}",
+                line.chars().take(200).collect::<String>()
+            ))
+        })?;
+        let status = str_field(&v, &["status"]).unwrap_or("").to_ascii_lowercase();
+        let health_obj = v.get("health").filter(|h| h.is_object());
+        let health = health_obj.and_then(|h| str_field(h, &["Status"])).map(str::to_ascii_lowercase);
+        let last = health_obj.and_then(|h| h.get("Log")).and_then(Value::as_array).and_then(|l| l.last());
+        let health_log = last
+            .filter(|e| int_field(e, "ExitCode").unwrap_or(0) != 0)
+            .map(|e| str_field(e, &["Output"]).unwrap_or("").to_string());
+        let name = str_field(&v, &["name"]).unwrap_or("").trim_start_matches('/').to_string();
+        let id = str_field(&v, &["id"]).map(str::to_string);
+        let exited = matches!(status.as_str(), "exited" | "dead" | "restarting");
+        out.push(ServiceState {
+            service: str_field(&v, &["service"]).unwrap_or(&name).to_string(),
+            container: if name.is_empty() { id.clone().unwrap_or_default() } else { name },
+            exit_code: if exited { int_field(&v, "exit_code").map(|c| c as i32) } else { None },
+            state: status,
+            health,
+            image: str_field(&v, &["image"]).unwrap_or("").to_string(),
+            health_log,
+            id,
+            image_id: str_field(&v, &["image_id"]).map(str::to_string),
+            config_hash: str_field(&v, &["config_hash"]).map(str::to_string),
+            started_at: str_field(&v, &["started_at"]).map(str::to_string),
+        });
+    }
+    Ok(out)
 }
 
 fn str_field<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a str> {
@@ -303,6 +496,8 @@ fn ps_entry(v: &Value) -> ServiceState {
         health,
         image: str_field(v, &["Image"]).unwrap_or("").to_string(),
         health_log: None,
+        id: str_field(v, &["ID"]).map(str::to_string),
+        ..ServiceState::default()
     }
 }
 
@@ -346,5 +541,9 @@ fn inspect_entry(v: &Value) -> ServiceState {
         health,
         image: str_field(config, &["Image"]).or_else(|| str_field(v, &["Image"])).unwrap_or("").to_string(),
         health_log,
+        id: (!id.is_empty()).then(|| id.to_string()),
+        image_id: str_field(v, &["Image"]).map(str::to_string),
+        config_hash: str_field(labels, &["com.docker.compose.config-hash"]).map(str::to_string),
+        started_at: str_field(state, &["StartedAt"]).map(str::to_string),
     }
 }

@@ -1,7 +1,5 @@
 use cultivate_plugin_api::fake::FakeHost;
-use cultivate_plugin_api::ops::{
-    ServiceState, StackDownRequest, StackExecRequest, StackLogsRequest, StackRef, StackUpRequest,
-};
+use cultivate_plugin_api::ops::{StackDownRequest, StackExecRequest, StackLogsRequest, StackRef, StackUpRequest};
 use cultivate_plugin_api::PluginError;
 use proptest::prelude::*;
 
@@ -12,6 +10,15 @@ use super::*;
 const INSPECT_V1: &str = include_str!("../tests/fixtures/docker-inspect-compose-v1.json");
 /// `docker compose ps -a --format json` of Compose 2.26 (one object per line).
 const PS_V2_26: &str = include_str!("../tests/fixtures/compose-v2.26-ps.jsonl");
+
+#[test]
+fn ps_json_of_compose_2_26() {
+    // Finch's path (nerdctl prints v2-shaped JSON) reads container names from it.
+    let states = stack::parse_ps_json(PS_V2_26).unwrap();
+    assert_eq!(states.len(), 3);
+    assert_eq!(states[2].state, "exited");
+    assert_eq!(states[2].exit_code, Some(1));
+}
 /// The same of Compose 2.10 (one JSON array).
 const PS_V2_10: &str = include_str!("../tests/fixtures/compose-v2.10-ps.json");
 const V1_IDS: &str = "df359956ac2de0f11ad316a2d04680835446a39bbe984454a2c1b578b93a8b72
@@ -19,6 +26,27 @@ const V1_IDS: &str = "df359956ac2de0f11ad316a2d04680835446a39bbe984454a2c1b578b9
 5189bd90c4e7d0ae03f1af6be8e3cf4a049137db708ea2d2fbe72e88baddad61
 d80fe90c2853b6e03e736ca1302ebf60b54095a3ae69b29529434043749efb7d
 ";
+
+/// What `docker inspect --format INSPECT_TEMPLATE` prints for containers
+/// whose full `docker inspect` is `full`: the template's fields, one object a line.
+fn as_template_output(full: &str) -> String {
+    let arr: serde_json::Value = serde_json::from_str(full).unwrap();
+    let mut out = String::new();
+    for v in arr.as_array().unwrap() {
+        let labels = &v["Config"]["Labels"];
+        let line = serde_json::json!({
+            "id": v["Id"], "name": v["Name"], "status": v["State"]["Status"],
+            "exit_code": v["State"]["ExitCode"], "started_at": v["State"]["StartedAt"],
+            "health": v["State"].get("Health").cloned().unwrap_or(serde_json::Value::Null),
+            "image_id": v["Image"], "image": v["Config"]["Image"],
+            "service": labels.get("com.docker.compose.service").cloned().unwrap_or("".into()),
+            "config_hash": labels.get("com.docker.compose.config-hash").cloned().unwrap_or("".into()),
+        });
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    out
+}
 
 fn v1_host() -> FakeHost {
     FakeHost::new()
@@ -195,6 +223,8 @@ proptest! {
     fn parsers_never_panic(s in ".{0,300}") {
         let _ = stack::parse_ps_json(&s);
         let _ = stack::parse_container_inspect(&s);
+        let _ = stack::parse_inspect_lines(&s);
+        let _ = stack::parse_hashes(&s);
         let _ = parse_compose_version(&s);
     }
 
@@ -307,28 +337,29 @@ proptest! {
 
 #[test]
 fn ps_v1_uses_ps_q_and_docker_inspect() {
-    let fake = v1_host().ok("cd ", V1_IDS).ok("docker inspect", INSPECT_V1);
+    let fake = v1_host().ok("cd ", V1_IDS).ok("docker inspect", &as_template_output(INSPECT_V1));
     let states = call::<ops::StackPs>(&fake, &stack()).unwrap();
     let cmds = fake.commands();
     assert_eq!(
         cmds[cmds.len() - 2],
         format!("{CD}docker-compose -p cultivate -f docker-compose.yml --env-file .env ps -q")
     );
-    assert!(cmds[cmds.len() - 1].starts_with("docker inspect df359956ac2d"));
+    assert!(cmds[cmds.len() - 1].starts_with("docker inspect --type container --format "), "{}", cmds[cmds.len() - 1]);
+    assert!(cmds[cmds.len() - 1].ends_with(V1_IDS.split_whitespace().collect::<Vec<_>>().join(" ").as_str()));
+    assert!(!cmds[cmds.len() - 1].contains("Env"), "only the fields used are asked for");
     assert_eq!(states.len(), 4);
     let by = |svc: &str| states.iter().find(|s| s.service == svc).unwrap().clone();
+    let bad = by("bad");
     assert_eq!(
-        by("bad"),
-        ServiceState {
-            service: "bad".into(),
-            container: "cultfx_bad_1".into(),
-            state: "running".into(),
-            health: Some("unhealthy".into()),
-            exit_code: None,
-            image: "cultivate/debian:bookworm".into(),
-            health_log: Some("not ready".into()),
-        }
+        (bad.container.as_str(), bad.state.as_str(), bad.health.as_deref(), bad.exit_code),
+        ("cultfx_bad_1", "running", Some("unhealthy"), None)
     );
+    assert_eq!(bad.image, "cultivate/debian:bookworm");
+    assert_eq!(bad.health_log.as_deref(), Some("not ready"));
+    assert!(bad.id.as_deref().is_some_and(|i| i.len() == 64), "{bad:?}");
+    assert!(bad.image_id.as_deref().is_some_and(|i| i.starts_with("sha256:")), "{bad:?}");
+    assert!(bad.config_hash.as_deref().is_some_and(|h| h.len() == 64), "{bad:?}");
+    assert!(bad.started_at.as_deref().is_some_and(|t| t.starts_with("20")), "{bad:?}");
     let good = by("good");
     assert_eq!(good.health.as_deref(), Some("healthy"));
     assert_eq!(good.health_log, None);
@@ -348,27 +379,112 @@ fn ps_v1_with_no_containers_is_empty() {
 }
 
 #[test]
-fn ps_v2_ndjson_of_2_26_with_health_log_of_failing_ones() {
-    let unhealthy_inspect = r#"[{"Id":"5d2e9f0a1b3c","Name":"/cultivate-backend-1",
-        "State":{"Status":"running","ExitCode":0,"Health":{"Status":"unhealthy","FailingStreak":3,
-        "Log":[{"ExitCode":0,"Output":"ok"},{"ExitCode":1,"Output":"curl: (7) Failed to connect to localhost port 3000\n"}]}},
-        "Config":{"Image":"cultivate-backend:1.2.0","Labels":{"com.docker.compose.service":"backend"}}}]"#;
-    let fake = v2_host().ok("cd ", PS_V2_26).ok("docker inspect", unhealthy_inspect);
+fn ps_v2_lists_stopped_containers_too_and_inspects_them_all() {
+    let fake = v2_host().ok("cd ", V1_IDS).ok("docker inspect", &as_template_output(INSPECT_V1));
     let states = call::<ops::StackPs>(&fake, &stack()).unwrap();
-    assert_eq!(last(&fake), "docker inspect cultivate-backend-1", "only the failing one is inspected");
-    assert!(fake.commands().iter().any(|c| c.ends_with("--env-file .env ps -a --format json")));
-    assert_eq!(states.len(), 3);
-    assert_eq!(states[0].service, "backend");
-    assert_eq!(states[0].health.as_deref(), Some("unhealthy"));
-    assert_eq!(states[0].health_log.as_deref(), Some("curl: (7) Failed to connect to localhost port 3000"));
-    assert_eq!(states[1].service, "database");
-    assert_eq!(states[1].health.as_deref(), Some("healthy"));
-    assert_eq!(states[1].image, "cultivate-database:1.2.0");
-    assert_eq!(states[1].exit_code, None);
-    assert_eq!(states[2].service, "frontend");
-    assert_eq!(states[2].state, "exited");
-    assert_eq!(states[2].exit_code, Some(1));
-    assert_eq!(states[2].health, None);
+    assert!(fake.commands().iter().any(|c| c.ends_with("--env-file .env ps -a -q")), "{:?}", fake.commands());
+    assert_eq!(states.len(), 4);
+    let quitter = states.iter().find(|s| s.service == "quitter").unwrap();
+    assert_eq!((quitter.state.as_str(), quitter.exit_code), ("exited", Some(3)));
+}
+
+#[test]
+fn inspect_lines_parse_and_reject_garbage() {
+    let line = r#"{"id":"5d2e","name":"/p-backend-2","status":"restarting","exit_code":3,"started_at":"2026-11-29T00:00:00Z","health":{"Status":"unhealthy","Log":[{"ExitCode":1,"Output":"down\n"}]},"image_id":"sha256:ab","image":"p-backend:v2","service":"backend","config_hash":"cafe"}"#;
+    let s = stack::parse_inspect_lines(line).unwrap();
+    assert_eq!(s[0].container, "p-backend-2");
+    assert_eq!(s[0].exit_code, Some(3), "a restarting container's last exit code is kept");
+    assert_eq!(s[0].health_log.as_deref(), Some("down"));
+    assert_eq!(s[0].config_hash.as_deref(), Some("cafe"));
+    assert!(stack::parse_inspect_lines("not json").is_err());
+    assert!(stack::parse_inspect_lines("\n").unwrap().is_empty());
+}
+
+#[test]
+fn service_hashes_parse() {
+    let h = stack::parse_hashes("database 0a1b\nbackend ff00\nWARNING: something\n\n");
+    assert_eq!(h.len(), 2);
+    assert_eq!(h["backend"], "ff00");
+    let fake = v1_host().ok("cd ", "backend ff00\n");
+    let got = call::<ops::StackServiceHashes>(&fake, &stack()).unwrap();
+    assert_eq!(got["backend"], "ff00");
+    assert!(last(&fake).ends_with("--env-file .env config --hash '*'"), "{}", last(&fake));
+    let fake = v1_host().ok("cd ", "");
+    assert!(call::<ops::StackServiceHashes>(&fake, &stack()).is_err(), "no hashes is an error");
+}
+
+#[test]
+fn switch_commands() {
+    let fake = v1_host().ok("cd ", "");
+    call::<ops::StackStartBeside>(
+        &fake,
+        &ops::StartBesideRequest { stack: stack(), service: "backend".into(), replicas: 2 },
+    )
+    .unwrap();
+    assert_eq!(
+        last(&fake),
+        format!("{CD}docker-compose -p cultivate -f docker-compose.yml --env-file .env up -d --no-deps --no-recreate --scale backend=2 backend")
+    );
+    assert!(call::<ops::StackStartBeside>(
+        &fake,
+        &ops::StartBesideRequest { stack: stack(), service: "backend".into(), replicas: 1 }
+    )
+    .is_err());
+    call::<ops::StackUpServices>(
+        &fake,
+        &ops::UpServicesRequest {
+            stack: stack(),
+            services: vec!["database".into()],
+            force_recreate: false,
+            timeout_secs: Some(30),
+        },
+    )
+    .unwrap();
+    assert!(last(&fake).ends_with(".env up -d --no-deps -t 30 database"), "{}", last(&fake));
+    let fake = FakeHost::new().ok("docker", "").ok("sh -c", "");
+    call::<ops::ContainerRemove>(
+        &fake,
+        &ops::ContainerRemoveRequest { containers: vec!["p_backend_1".into()], timeout_secs: Some(30) },
+    )
+    .unwrap();
+    let cmds = fake.commands();
+    assert_eq!(
+        cmds[cmds.len() - 2..],
+        ["docker stop -t 30 p_backend_1".to_string(), "docker rm p_backend_1".to_string()]
+    );
+    assert!(
+        call::<ops::ContainerRemove>(
+            &fake,
+            &ops::ContainerRemoveRequest { containers: vec!["-f".into()], timeout_secs: None }
+        )
+        .is_err(),
+        "an option is not a container"
+    );
+    call::<ops::ContainerExec>(
+        &fake,
+        &ops::ContainerExecRequest { container: "fe".into(), argv: vec!["cultivate-tls".into(), "reload".into()] },
+    )
+    .unwrap();
+    assert_eq!(last(&fake), "docker exec fe cultivate-tls reload");
+    call::<ops::CopyFromImage>(
+        &fake,
+        &ops::CopyFromImageRequest {
+            image: "sha256:ab".into(),
+            path: "/usr/share/nginx/html".into(),
+            dest: "/d/edge/sites/ab".into(),
+        },
+    )
+    .unwrap();
+    let script = last(&fake);
+    assert!(
+        script.contains("docker \"$@\"") && script.contains("create sha256:ab") && script.contains("mv -T"),
+        "{script}"
+    );
+    assert!(call::<ops::CopyFromImage>(
+        &fake,
+        &ops::CopyFromImageRequest { image: "x".into(), path: "relative".into(), dest: "/d".into() }
+    )
+    .is_err());
 }
 
 #[test]
@@ -396,6 +512,7 @@ fn ps_v2_health_from_status_text_when_field_missing() {
 #[test]
 fn ps_inspect_failure_is_an_error_unless_containers_vanished() {
     let fake = v1_host().ok("cd ", V1_IDS).fail("docker inspect", 1, "Error: No such object: df35");
+    // (template output, not the full inspect)
     assert!(call::<ops::StackPs>(&fake, &stack()).unwrap().is_empty());
     let fake = v1_host().ok("cd ", V1_IDS).fail("docker inspect", 1, "Cannot connect to the Docker daemon");
     assert_eq!(call::<ops::StackPs>(&fake, &stack()).unwrap_err().kind, ErrorKind::CommandFailed);

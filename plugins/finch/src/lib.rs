@@ -51,6 +51,12 @@ const OPERATIONS: &[&str] = &[
     ops::StackLogs::NAME,
     ops::StackConfig::NAME,
     ops::StackExec::NAME,
+    ops::StackServiceHashes::NAME,
+    ops::StackStartBeside::NAME,
+    ops::StackUpServices::NAME,
+    ops::ContainerRemove::NAME,
+    ops::ContainerExec::NAME,
+    ops::CopyFromImage::NAME,
     ops::InstallHelp::NAME,
 ];
 
@@ -100,6 +106,24 @@ impl Plugin for FinchPlugin {
             ops::StackLogs::NAME => ops::handle::<ops::StackLogs>(payload, |r| compose(host, &r.stack)?.logs(host, &r)),
             ops::StackConfig::NAME => ops::handle::<ops::StackConfig>(payload, |r| compose(host, &r)?.config(host, &r)),
             ops::StackExec::NAME => ops::handle::<ops::StackExec>(payload, |r| compose(host, &r.stack)?.exec(host, &r)),
+            ops::StackServiceHashes::NAME => {
+                ops::handle::<ops::StackServiceHashes>(payload, |r| compose(host, &r)?.service_hashes(host, &r))
+            }
+            ops::StackStartBeside::NAME => {
+                ops::handle::<ops::StackStartBeside>(payload, |r| compose(host, &r.stack)?.start_beside(host, &r))
+            }
+            ops::StackUpServices::NAME => {
+                ops::handle::<ops::StackUpServices>(payload, |r| compose(host, &r.stack)?.up_services(host, &r))
+            }
+            ops::ContainerRemove::NAME => {
+                ops::handle::<ops::ContainerRemove>(payload, |r| engine_only(host)?.remove_containers(host, &r))
+            }
+            ops::ContainerExec::NAME => {
+                ops::handle::<ops::ContainerExec>(payload, |r| engine_only(host)?.container_exec(host, &r))
+            }
+            ops::CopyFromImage::NAME => {
+                ops::handle::<ops::CopyFromImage>(payload, |r| engine_only(host)?.copy_from_image(host, &r))
+            }
             ops::InstallHelp::NAME => ops::handle::<ops::InstallHelp>(payload, |r| Ok(install_help(&r.target))),
             other => Err(PluginError::unsupported(format!("operation {other}"))),
         }
@@ -153,6 +177,12 @@ fn compose(host: &Host, stack: &StackRef) -> Result<Compose, PluginError> {
     let mut command = bin.clone();
     command.push("compose".to_string());
     Ok(Compose { command, dialect: Dialect::Finch, engine: bin })
+}
+
+/// `finch` for container operations that need no compose project.
+fn engine_only(host: &Host) -> Result<Compose, PluginError> {
+    let bin = finch(host)?;
+    Ok(Compose { command: Vec::new(), dialect: Dialect::Finch, engine: bin })
 }
 
 // ---------------------------------------------------------------- probe

@@ -214,14 +214,16 @@ fn forced_recreate_is_down_then_up_keeping_volumes() {
 }
 
 #[test]
-fn ps_parses_v2_shaped_json_and_inspects_failing_containers_with_finch() {
+fn ps_parses_v2_shaped_json_and_inspects_the_containers_with_finch() {
     let ps = r#"[{"ID":"1","Name":"cultivate-backend-1","Image":"cultivate-backend:1","Project":"cultivate","Service":"backend","State":"running","Health":"unhealthy","ExitCode":0}]"#;
-    let inspect = r#"[{"Id":"1","Name":"cultivate-backend-1","State":{"Status":"running","Health":{"Status":"unhealthy","Log":[{"ExitCode":1,"Output":"refused"}]}},"Config":{"Image":"cultivate-backend:1","Labels":{"com.docker.compose.service":"backend"}}}]"#;
+    let inspect = r#"{"id":"1","name":"cultivate-backend-1","status":"running","health":{"Status":"unhealthy","Log":[{"ExitCode":1,"Output":"refused"}]},"image":"cultivate-backend:1","service":"backend"}"#;
     let fake = mac_host("Running").ok("cd ", ps).ok(&format!("{FINCH} inspect"), inspect);
     let states = call::<ops::StackPs>(&fake, &stack()).unwrap();
     assert_eq!(states.len(), 1);
     assert_eq!(states[0].health_log.as_deref(), Some("refused"));
-    assert_eq!(last(&fake), format!("{FINCH} inspect cultivate-backend-1"));
+    let inspect_cmd = last(&fake);
+    assert!(inspect_cmd.starts_with(&format!("{FINCH} inspect --type container --format ")), "{inspect_cmd}");
+    assert!(inspect_cmd.ends_with(" cultivate-backend-1"), "{inspect_cmd}");
 }
 
 #[test]
