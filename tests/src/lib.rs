@@ -5,6 +5,7 @@
 //! prerequisite fails the test (see [`prereq::require`]).
 
 pub mod deploy;
+pub mod load;
 pub mod prereq;
 pub mod stack;
 pub mod testenv;
