@@ -289,3 +289,73 @@ fn killed_during_the_switch_status_repairs() {
     drop(p);
     target.down().expect("tearing down the target");
 }
+
+/// Runs the binary for `p` with `CULTIVATE_PLUGIN_PATH=plugins` (first in the search path).
+fn run_with_plugins(p: &Project, plugins: &std::path::Path, args: &[&str]) -> Run {
+    let mut cmd = Command::new(binary());
+    cmd.arg("-c").arg(&p.config).args(args).current_dir(p.dir.path()).stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CULTIVATE_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("CULTIVATE_LOG_DIR", &p.log_dir).env("NO_COLOR", "1").env("CULTIVATE_PLUGIN_PATH", plugins);
+    let start = Instant::now();
+    let out = cmd.output().expect("running cultivate");
+    let run = Run {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: start.elapsed(),
+    };
+    eprintln!(
+        "$ cultivate {} -> exit {} in {:.1}s\n{}",
+        args.join(" "),
+        run.code,
+        run.elapsed.as_secs_f64(),
+        run.stderr
+    );
+    run
+}
+
+/// A stack plugin built against plugin API 1.0 (no zero-downtime
+/// operations; the `compose-api-1-0` fixture) still loads and deploys: the
+/// host recreates the whole stack as earlier versions did, and says so.
+#[test]
+fn a_plugin_of_api_1_0_still_deploys_with_the_whole_stack_recreated() {
+    if !(prereq::require(prereq::docker_available(), "this machine's Docker engine")
+        && prereq::require(cultivate_e2e::deploy::base_image_present(), "image cultivate/debian:bookworm"))
+    {
+        return;
+    }
+    let root = prereq::workspace_root();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["build", "-p", "cultivate-fixture-compose-api-1-0"])
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building the API 1.0 fixture failed");
+    let _ = binary();
+    let mut p = Project::new("api10", 28090, Via::Local, ProjectOptions::default());
+    let plugins = p.dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugin dir");
+    std::fs::copy(
+        root.join("target/debug/libcultivate_fixture_compose_api_1_0.so"),
+        plugins.join("libcultivate_plugin_compose10.so"),
+    )
+    .expect("installing the fixture");
+
+    let first = run_with_plugins(&p, &plugins, &["deploy", "--runtime", "docker-compose-1.0", "--json"]);
+    first.expect_code(0);
+    assert!(first.stderr.contains("docker-compose-1.0"), "{}", first.output());
+    assert!(first.stderr.contains("cannot switch services without downtime"), "{}", first.output());
+    assert!(actions(&first).iter().all(|(_, a)| a == "restarted"), "{:?}", actions(&first));
+
+    let edition = format!("api10-{}", random_hex(3));
+    p.set_app_dir(&changed_app(&p.dir.path().join("a"), &edition, None));
+    let second = run_with_plugins(&p, &plugins, &["deploy", "--runtime", "docker-compose-1.0", "--json"]);
+    second.expect_code(0);
+    assert!(second.stderr.contains("recreating the whole stack"), "{}", second.output());
+    assert_eq!(info(&p)["edition"], edition.as_str());
+}

@@ -244,14 +244,27 @@ impl Compose {
     }
 
     /// The command that starts one more container of a service beside the
-    /// running ones: `up -d --no-deps --no-recreate --scale S=N S`.
+    /// running ones: `up -d [--no-deps] --no-recreate --scale S=N S`.
     pub fn start_beside_request(&self, req: &StartBesideRequest) -> Result<ExecRequest, PluginError> {
         check_name("service", &req.service)?;
         if req.replicas < 2 {
             return Err(PluginError::invalid("stack.start_beside needs replicas of 2 or more"));
         }
         let scale = format!("{}={}", req.service, req.replicas);
-        self.request(&req.stack, &["up", "-d", "--no-deps", "--no-recreate", "--scale", &scale, req.service.as_str()])
+        let mut args = vec!["up", "-d"];
+        args.extend(self.no_deps());
+        args.extend(["--no-recreate", "--scale", &scale, req.service.as_str()]);
+        self.request(&req.stack, &args)
+    }
+
+    /// `--no-deps` where it leaves the configuration alone. Compose v2 drops
+    /// `depends_on` from a service it creates under `--no-deps`, so the
+    /// container's `config-hash` would never again equal `config --hash`;
+    /// without the flag v2 only starts stopped dependencies (it never
+    /// recreates them unless `--always-recreate-deps`). v1 keeps the
+    /// configuration either way but would converge dependencies without it.
+    fn no_deps(&self) -> Option<&'static str> {
+        (self.dialect != Dialect::V2).then_some("--no-deps")
     }
 
     /// Starts one more container of a service beside the running ones.
@@ -262,12 +275,13 @@ impl Compose {
         Ok(Empty {})
     }
 
-    /// `up -d --no-deps [--force-recreate] [-t N] SERVICE…`.
+    /// `up -d [--no-deps] [--force-recreate] [-t N] SERVICE…` (see [`Compose::no_deps`]).
     pub fn up_services_request(&self, req: &UpServicesRequest) -> Result<ExecRequest, PluginError> {
         if req.services.is_empty() {
             return Err(PluginError::invalid("stack.up_services needs at least one service"));
         }
-        let mut args = vec!["up".to_string(), "-d".into(), "--no-deps".into()];
+        let mut args = vec!["up".to_string(), "-d".into()];
+        args.extend(self.no_deps().map(str::to_string));
         let finch = self.dialect == Dialect::Finch;
         if req.force_recreate && !finch {
             args.push("--force-recreate".into());

@@ -441,6 +441,25 @@ fn switch_commands() {
     )
     .unwrap();
     assert!(last(&fake).ends_with(".env up -d --no-deps -t 30 database"), "{}", last(&fake));
+    // Compose v2 would drop depends_on from the hash of what it creates under --no-deps.
+    let fake2 = v2_host().ok("cd ", "");
+    call::<ops::StackStartBeside>(
+        &fake2,
+        &ops::StartBesideRequest { stack: stack(), service: "backend".into(), replicas: 2 },
+    )
+    .unwrap();
+    assert!(last(&fake2).ends_with(".env up -d --no-recreate --scale backend=2 backend"), "{}", last(&fake2));
+    call::<ops::StackUpServices>(
+        &fake2,
+        &ops::UpServicesRequest {
+            stack: stack(),
+            services: vec!["frontend".into()],
+            force_recreate: false,
+            timeout_secs: None,
+        },
+    )
+    .unwrap();
+    assert!(last(&fake2).ends_with(".env up -d frontend"), "{}", last(&fake2));
     let fake = FakeHost::new().ok("docker", "").ok("sh -c", "");
     call::<ops::ContainerRemove>(
         &fake,
