@@ -124,9 +124,19 @@ fn five_switches(mut p: Project) {
     assert_no_failure("(e) nothing changed", &r, &run);
     assert_eq!(identity(&p, "database"), db);
 
-    // (a) a backend change.
+    // (a) a backend change; first its plan, which changes nothing.
     let edition_a = format!("a-{}", random_hex(3));
     p.set_app_dir(&changed_app(&p.dir.path().join("a"), &edition_a, None));
+    let before = p.current_release().expect("current");
+    let dry = p.deploy(&["--dry-run", "--json"]);
+    dry.expect_code(0);
+    assert_eq!(dry.json()["outcome"], "planned");
+    assert_eq!(action_of(&dry, "backend"), "switched", "{}", dry.output());
+    assert_eq!(action_of(&dry, "database"), "unchanged", "{}", dry.output());
+    assert_eq!(action_of(&dry, "frontend"), "unchanged", "{}", dry.output());
+    assert!(dry.stderr.contains("backend: switched (zero downtime)"), "{}", dry.stderr);
+    assert_eq!(p.current_release().expect("current"), before, "a dry run moved current");
+    assert_ne!(info(&p)["edition"], edition_a.as_str(), "a dry run deployed");
     let (r, run_a) = under_load(&p, || p.deploy(&["--json"]));
     run_a.expect_code(0);
     assert_no_failure("(a) backend change", &r, &run_a);

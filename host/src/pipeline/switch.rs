@@ -482,7 +482,10 @@ pub fn converge(ctx: &mut Ctx<'_>, version: &str, record: &ReleaseRecord, announ
     let mut plan = plan(record, &hashes, &running, &edge);
     if announce {
         for p in &plan {
-            ctx.detail(&p.line());
+            match p.action {
+                Action::Restarted => ctx.warn(&format!("{}: its requests fail while it restarts", p.line())),
+                _ => ctx.detail(&p.line()),
+            }
         }
     }
     let action = |plan: &[ServicePlan], svc: &str| plan.iter().find(|p| p.service == svc).map(|p| p.action);
