@@ -551,11 +551,25 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
     let mut stats = Vec::new();
     for image in images {
         let present = ctx.images_op::<ops::ImageInspect>(&ImageRefs { refs: vec![image.id.clone()] })?;
-        if present.first().and_then(|i| i.id.as_deref()) == Some(image.id.as_str()) {
-            ctx.images_op::<ops::ImageTag>(&ImageTagRequest {
+        // Tagged by ID: the image another project (sharing the target and
+        // the content) had may be removed between the look and the tag; then
+        // it is simply sent.
+        let tagged = present.first().and_then(|i| i.id.as_deref()) == Some(image.id.as_str())
+            && match ctx.images_op::<ops::ImageTag>(&ImageTagRequest {
                 source: image.id.clone(),
                 target: image.reference.clone(),
-            })?;
+            }) {
+                Ok(_) => true,
+                Err(e) if format!("{e:#}").to_ascii_lowercase().contains("no such image") => {
+                    ctx.detail(&format!(
+                        "{}: the target's copy vanished before it was tagged; sending it",
+                        image.service
+                    ));
+                    false
+                }
+                Err(e) => return Err(e),
+            };
+        if tagged {
             ctx.detail(&format!("{}: already on the target, tagged", image.service));
             stats.push(TransferStats {
                 reference: image.reference.clone(),
@@ -797,5 +811,91 @@ fn fail_and_roll_back(
         Err(e) => UserError::new(Code::RollbackFailed, format!("deploy of {version} failed: {reason}; the rollback to {previous} failed too: {e:#}"))
             .hint(format!("the target needs attention: `cultivate status` and `cultivate logs` show its state; the deploy log is in {}", ctx.layout.logs()))
             .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn built(service: &str, version: &str, id: &str, layers: &[&str]) -> BuiltImage {
+        BuiltImage {
+            service: service.into(),
+            reference: format!("p-{service}:{version}"),
+            id: format!("sha256:{id}"),
+            layers: layers.iter().map(|l| l.to_string()).collect(),
+            size: 1,
+        }
+    }
+
+    fn current(images: &[BuiltImage]) -> ReleaseRecord {
+        let (desired, site) = desired_images(images, None);
+        ReleaseRecord {
+            version: "v1".into(),
+            created_at: String::new(),
+            images: desired,
+            site: Some(site),
+            files: BTreeMap::new(),
+            fingerprint: String::new(),
+            status: ReleaseStatus::Healthy,
+            previous: None,
+            runtime: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn unchanged_images_keep_the_tag_of_the_release_that_built_them() {
+        let v1 = [
+            built("database", "v1", "d1", &["base", "pg"]),
+            built("backend", "v1", "b1", &["base", "node", "app1"]),
+            built("frontend", "v1", "f1", &["base", "nginx", "site1"]),
+        ];
+        let rec = current(&v1);
+        // v2: a new backend and a new site on the same nginx.
+        let v2 = [
+            built("database", "v2", "d1", &["base", "pg"]),
+            built("backend", "v2", "b2", &["base", "node", "app2"]),
+            built("frontend", "v2", "f2", &["base", "nginx", "site2"]),
+        ];
+        let (d, site) = desired_images(&v2, Some(&rec));
+        assert_eq!(d["database"].reference, "p-database:v1");
+        assert_eq!(d["backend"].reference, "p-backend:v2");
+        assert_eq!(d["frontend"].reference, "p-frontend:v1", "the nginx part did not change");
+        assert_eq!(d["frontend"].id, "sha256:f1");
+        assert_eq!((site.reference.as_str(), site.id.as_str()), ("p-frontend:v2", "sha256:f2"));
+        // v3: a new nginx.
+        let v3 = [
+            built("database", "v3", "d1", &["base", "pg"]),
+            built("backend", "v3", "b2", &["base", "node", "app2"]),
+            built("frontend", "v3", "f3", &["base", "nginx2", "site2"]),
+        ];
+        let (d, _) = desired_images(&v3, Some(&rec));
+        assert_eq!(d["frontend"].reference, "p-frontend:v3");
+    }
+
+    proptest! {
+        /// Whatever the images, a service keeps its current reference exactly
+        /// when its image is the current one (the frontend also when only its site differs).
+        #[test]
+        fn carried_iff_unchanged(same_db in any::<bool>(), same_be in any::<bool>(), same_nginx in any::<bool>(), same_site in any::<bool>()) {
+            let v1 = [
+                built("database", "v1", "d1", &["b", "pg"]),
+                built("backend", "v1", "b1", &["b", "app1"]),
+                built("frontend", "v1", "f1", &["b", "nginx1", "s1"]),
+            ];
+            let rec = current(&v1);
+            let fid = if same_nginx && same_site { "f1" } else { "f2" };
+            let v2 = [
+                built("database", "v2", if same_db { "d1" } else { "d2" }, &["b", "pg"]),
+                built("backend", "v2", if same_be { "b1" } else { "b2" }, &["b", "app"]),
+                built("frontend", "v2", fid, &["b", if same_nginx { "nginx1" } else { "nginx2" }, if same_site { "s1" } else { "s2" }]),
+            ];
+            let (d, site) = desired_images(&v2, Some(&rec));
+            prop_assert_eq!(d["database"].reference.ends_with(":v1"), same_db);
+            prop_assert_eq!(d["backend"].reference.ends_with(":v1"), same_be);
+            prop_assert_eq!(d["frontend"].reference.ends_with(":v1"), same_nginx);
+            prop_assert_eq!(site.id, format!("sha256:{fid}"));
+        }
     }
 }
