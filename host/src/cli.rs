@@ -202,6 +202,15 @@ pub struct LogsArgs {
     /// Last N lines
     #[arg(long, default_value_t = 200)]
     pub tail: u32,
+
+    /// Delete cultivate's own log files on this machine instead, and exit
+    ///
+    /// Removes every file in the local log directory ($CULTIVATE_LOG_DIR, or
+    /// ~/.local/state/cultivate/logs), not only those holding a value the
+    /// redaction knows today: a secret that was rotated out of the secrets file
+    /// would not be recognised any more. The target's deploy logs are kept.
+    #[arg(long, conflicts_with = "service")]
+    pub purge_local: bool,
 }
 
 /// `certs` subcommands.

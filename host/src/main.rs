@@ -14,6 +14,7 @@ mod output;
 mod pipeline;
 mod plugins;
 mod redact;
+mod secrets;
 mod session;
 mod settings;
 mod target;
@@ -32,6 +33,7 @@ fn main() {
     let printer = output::Printer::new(&cli.global);
     let guard = logging::init(cli.global.verbose, cli.global.quiet);
     let result = commands::run(&cli, &printer);
+    commands::warn_of_leaked_logs(&cli, &printer);
     let code = match result {
         Ok(()) => 0,
         Err(err) => {

@@ -66,6 +66,69 @@ fn emit_line(is_stderr: bool, line: &[u8]) {
     }
 }
 
+/// True when a command's output must not be logged, even at `-vv`: the request
+/// says so, or the command is one known to print environment values whoever
+/// asks for it (plugins included):
+/// - `compose config` (and `convert`), which prints the interpolated `.env`;
+/// - a container `inspect` without `--format`, whose `Config.Env` lists the
+///   environment (`image inspect` is left alone: images never hold secrets);
+/// - `cat` of a `.env` file.
+pub fn output_is_private(req: &ExecRequest) -> bool {
+    if req.private_output {
+        return true;
+    }
+    let argv: Vec<&str> = req.argv.iter().map(String::as_str).collect();
+    let Some(program) = argv.first().map(|p| p.rsplit('/').next().unwrap_or(p)) else { return false };
+    let args = &argv[1..];
+    if program == "cat" {
+        return args.iter().any(|a| a.rsplit('/').next() == Some(".env"));
+    }
+    let (compose_args, engine) = match program {
+        "docker-compose" | "podman-compose" => (Some(args), false),
+        "docker" | "finch" | "podman" | "nerdctl" => match args.iter().position(|a| *a == "compose") {
+            Some(i) if args[..i].iter().all(|a| a.starts_with('-')) => (Some(&args[i + 1..]), true),
+            _ => (None, true),
+        },
+        _ => (None, false),
+    };
+    if let Some(rest) = compose_args {
+        return matches!(subcommand(rest, COMPOSE_VALUE_FLAGS), Some("config" | "convert"));
+    }
+    if engine {
+        let inspects_containers = match subcommand(args, ENGINE_VALUE_FLAGS) {
+            Some("inspect") => true,
+            Some("container") => args.iter().skip_while(|a| **a != "container").nth(1) == Some(&"inspect"),
+            _ => false,
+        };
+        let formatted = args.iter().any(|a| *a == "-f" || a.starts_with("--format"));
+        return inspects_containers && !formatted;
+    }
+    false
+}
+
+/// Global options of `compose` that take a value.
+const COMPOSE_VALUE_FLAGS: &[&str] =
+    &["-p", "--project-name", "-f", "--file", "--env-file", "--project-directory", "--profile", "--ansi", "--parallel"];
+
+/// Global options of the engine CLI that take a value.
+const ENGINE_VALUE_FLAGS: &[&str] =
+    &["-c", "--context", "-H", "--host", "--config", "-l", "--log-level", "--namespace"];
+
+/// The first argument that is not an option (nor an option's value).
+fn subcommand<'a>(args: &[&'a str], value_flags: &[&str]) -> Option<&'a str> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a.starts_with('-') {
+            if value_flags.contains(a) {
+                it.next();
+            }
+            continue;
+        }
+        return Some(a);
+    }
+    None
+}
+
 /// Host services for plugins, bound to one connection.
 pub struct Services {
     conn: Option<Arc<dyn Connection>>,
@@ -76,19 +139,27 @@ impl Services {
     pub fn run(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
         let conn = self.conn.as_ref().ok_or_else(|| PluginError::invalid("no target connection in this context"))?;
         tracing::debug!(target: "cultivate::cmd", "$ {}", redact::apply(&req.display()));
+        let private = output_is_private(req);
         let started = Instant::now();
         let mut ch = conn.exec(req)?;
         let (mut out_log, mut err_log) = (LineLog::default(), LineLog::default());
-        let result = collect_with(ch.as_mut(), req.timeout_secs.map(Duration::from_secs), &mut |is_err, bytes| {
-            if is_err {
-                err_log.feed(true, bytes)
-            } else {
-                out_log.feed(false, bytes)
-            }
+        let result = collect_with(ch.as_mut(), req.timeout_secs.map(Duration::from_secs), &mut |is_err, bytes| match (
+            private, is_err,
+        ) {
+            (true, _) => {}
+            (false, true) => err_log.feed(true, bytes),
+            (false, false) => out_log.feed(false, bytes),
         });
         out_log.flush(false);
         err_log.flush(true);
         if let Ok(out) = &result {
+            if private {
+                tracing::debug!(
+                    target: "cultivate::cmd",
+                    "  (output not logged: it carries environment values; {} bytes)",
+                    out.stdout.len() + out.stderr.len()
+                );
+            }
             tracing::debug!(target: "cultivate::cmd", "  exit {} in {:.2?}", out.status, started.elapsed());
         }
         result
@@ -237,8 +308,12 @@ impl Session {
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
         };
-        for line in out.stdout.lines().chain(out.stderr.lines()) {
-            tracing::debug!(target: "cultivate::cmd", "  | {}", redact::apply(line));
+        if output_is_private(req) {
+            tracing::debug!(target: "cultivate::cmd", "  (output not logged: it carries environment values)");
+        } else {
+            for line in out.stdout.lines().chain(out.stderr.lines()) {
+                tracing::debug!(target: "cultivate::cmd", "  | {}", redact::apply(line));
+            }
         }
         Ok(out)
     }
@@ -284,5 +359,31 @@ fn drain(
             ChannelEvent::Exit(s) => return Ok(s),
             ChannelEvent::Idle => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn private(argv: &[&str]) -> bool {
+        output_is_private(&ExecRequest::new(argv.iter().copied()))
+    }
+
+    #[test]
+    fn output_known_to_carry_the_environment_is_private() {
+        let compose = ["docker", "compose", "-p", "config", "-f", "docker-compose.yml", "--env-file", ".env"];
+        assert!(private(&[&compose[..], &["config"]].concat()));
+        assert!(!private(&[&compose[..], &["ps", "--format", "json"]].concat()), "project named config");
+        assert!(private(&["docker-compose", "-p", "x", "config"]));
+        assert!(private(&["/opt/homebrew/bin/finch", "compose", "-p", "x", "config"]));
+        assert!(private(&["docker", "inspect", "abc", "def"]));
+        assert!(private(&["docker", "container", "inspect", "abc"]));
+        assert!(!private(&["docker", "inspect", "--format", "{{json .State}}", "abc"]));
+        assert!(!private(&["docker", "image", "inspect", "cultivate-backend:1"]));
+        assert!(private(&["cat", "/srv/cultivate/releases/1/.env"]));
+        assert!(!private(&["cat", "/srv/cultivate/releases/1/release.json"]));
+        assert!(!private(&["uname", "-s"]));
+        assert!(output_is_private(&ExecRequest::shell("true").private_output()));
     }
 }

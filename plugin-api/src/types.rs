@@ -176,6 +176,11 @@ pub struct ExecRequest {
     /// Values that must never appear in logs (replaced by `***` when the command is shown).
     #[serde(default)]
     pub redact: Vec<String>,
+    /// The output may carry secrets (environment values, a `.env`): the host
+    /// returns it but never logs it, even at `-vv`. Absent from the JSON when
+    /// false, so plugins built before it exchange the same requests.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private_output: bool,
 }
 
 impl ExecRequest {
@@ -208,6 +213,12 @@ impl ExecRequest {
     /// Sets the stdin payload.
     pub fn stdin(mut self, data: impl Into<String>) -> Self {
         self.stdin = Some(data.into());
+        self
+    }
+
+    /// Marks the output as private: returned, never logged.
+    pub fn private_output(mut self) -> Self {
+        self.private_output = true;
         self
     }
 
@@ -363,5 +374,31 @@ impl LogLevel {
             4 => LogLevel::Debug,
             _ => LogLevel::Trace,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `private_output` changes nothing on the wire for plugins built before it:
+    /// their requests (without the field) parse, and a request that does not
+    /// set it serializes exactly as before.
+    #[test]
+    fn private_output_keeps_the_exec_request_wire_format() {
+        let old =
+            r#"{"argv":["docker","inspect","x"],"env":{},"cwd":null,"stdin":null,"timeout_secs":null,"redact":[]}"#;
+        let req: ExecRequest = serde_json::from_str(old).unwrap();
+        assert!(!req.private_output);
+        assert_eq!(serde_json::to_string(&req).unwrap(), old);
+        let private = serde_json::to_string(&ExecRequest::new(["cat", ".env"]).private_output()).unwrap();
+        assert!(private.contains(r#""private_output":true"#), "{private}");
+        // An older plugin ignores the field it does not know.
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct OldExecRequest {
+            argv: Vec<String>,
+        }
+        let _: OldExecRequest = serde_json::from_str(&private).unwrap();
     }
 }

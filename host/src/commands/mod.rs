@@ -11,9 +11,43 @@ use anyhow::Result;
 use crate::cli::{CertsCommand, Cli, Command, ConfigCommand, LockCommand, PluginsCommand};
 use crate::output::Printer;
 
+/// True for `cultivate logs --purge-local`, which needs no leak warning.
+pub fn purges_local_logs(cli: &Cli) -> bool {
+    matches!(&cli.command, Command::Logs(args) if args.purge_local)
+}
+
+/// Warns once if a local log file holds a line the redaction would now hide
+/// (written by an earlier cultivate, or before the secret was known).
+pub fn warn_of_leaked_logs(cli: &Cli, printer: &Printer) {
+    if purges_local_logs(cli) {
+        return;
+    }
+    let dir = crate::logging::log_dir();
+    let files = crate::logging::leaking_files(&dir);
+    if files.is_empty() {
+        return;
+    }
+    let names: Vec<String> =
+        files.iter().map(|f| f.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
+    printer.warn(&format!(
+        "{} log file(s) in {} hold secret values in clear, written by an earlier cultivate: {}\n    \
+         `cultivate logs --purge-local` deletes cultivate's local log files",
+        files.len(),
+        dir.display(),
+        names.join(", ")
+    ));
+}
+
 /// Runs the parsed command.
 pub fn run(cli: &Cli, printer: &Printer) -> Result<()> {
     let config = cli.global.config.as_deref();
+    // Whatever the command, the configured secrets are hidden from everything
+    // it prints or logs; commands that connect add the target's own.
+    if let Some(path) =
+        crate::settings::load(config, &crate::settings::Overrides::default()).ok().and_then(|s| s.secrets_file)
+    {
+        let _ = crate::secrets::register_file(&path);
+    }
     match &cli.command {
         Command::Plugins(PluginsCommand::List(args)) => {
             let settings = crate::settings::load(config, &crate::settings::Overrides::from_target(&args.target)).ok();

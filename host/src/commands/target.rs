@@ -123,6 +123,16 @@ fn repair_if_needed(ctx: &mut pipeline::Ctx<'_>, current: &str) -> Result<Vec<St
 
 /// `cultivate logs [SERVICE]`.
 pub fn logs(printer: &Printer, config: Option<&Path>, args: &LogsArgs) -> Result<()> {
+    if args.purge_local {
+        let dir = crate::logging::log_dir();
+        let n = crate::logging::purge(&dir)?;
+        if printer.json() {
+            printer.json_value(&serde_json::json!({ "log_dir": dir, "purged": n }));
+        } else {
+            printer.success(&format!("removed cultivate's log files in {} ({n} with content)", dir.display()));
+        }
+        return Ok(());
+    }
     let settings = settings::load(config, &Overrides::from_target(&args.target))?;
     let ctx = pipeline::connect(&settings, printer, false)?;
     let current =

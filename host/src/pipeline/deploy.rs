@@ -65,7 +65,6 @@ pub fn run(settings: &Settings, printer: &Printer) -> Result<DeployReport> {
         Some(path) => crate::settings::load_secrets(path)?,
         None => BTreeMap::new(),
     };
-    crate::redact::register(secrets.values().cloned());
     let tls =
         settings.tls.as_ref().map(|t| crate::certs_check::check_pair(t, settings.cert_warning_days)).transpose()?;
 
@@ -338,6 +337,7 @@ fn deploy_locked(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, St
             ("images".to_string(), ctx.images.manifest().name.clone()),
             ("stack".to_string(), ctx.stack.manifest().name.clone()),
         ]),
+        secret_keys: Some(secrets.keys().cloned().collect()),
     };
     ctx.write_record(&record)?;
     let stack = ctx.stack_ref(version);

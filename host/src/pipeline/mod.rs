@@ -125,9 +125,10 @@ impl DeployLog {
         }
     }
 
-    /// The whole log.
+    /// The whole log, redacted again on its way out: a secret registered after
+    /// a line was recorded is hidden too.
     pub fn text(&self) -> String {
-        let mut s = self.lines.join("\n");
+        let mut s = self.lines.iter().map(|l| crate::redact::apply(l)).collect::<Vec<_>>().join("\n");
         s.push('\n');
         s
     }
@@ -344,14 +345,21 @@ impl<'a> Ctx<'a> {
         let text = self.log.text();
         let days = self.settings.log_retention_days;
         let q = cultivate_plugin_api::shell::quote;
-        let result = self.session.put_file(&path, 0o640, text.as_bytes()).and_then(|_| {
-            self.session.sh(&format!(
-                "find {dir} -maxdepth 1 -name '*.log' -type f -mtime +{days} -delete; \
-                 ls -1t {dir}/*.log 2>/dev/null | tail -n +201 | xargs -r rm -f",
-                dir = q(&self.layout.logs())
-            ))?;
-            Ok(())
-        });
+        // The logs directory is private (0700) and so is every log in it (0600),
+        // including those written by earlier versions with wider modes.
+        let result = self
+            .session
+            .sh(&format!("mkdir -p -m 700 {dir} && chmod 700 {dir}", dir = q(&self.layout.logs())))
+            .and_then(|_| self.session.put_file(&path, 0o600, text.as_bytes()))
+            .and_then(|_| {
+                self.session.sh(&format!(
+                    "find {dir} -maxdepth 1 -name '*.log' -type f -mtime +{days} -delete; \
+                     ls -1t {dir}/*.log 2>/dev/null | tail -n +201 | xargs -r rm -f; \
+                     find {dir} -maxdepth 1 -name '*.log' -type f ! -perm 600 -exec chmod 600 {{}} +",
+                    dir = q(&self.layout.logs())
+                ))?;
+                Ok(())
+            });
         match result {
             Ok(()) => tracing::info!("deploy log written to {path}"),
             Err(e) => self.printer.warn(&format!("could not write the deploy log to {path}: {e:#}")),
@@ -402,6 +410,7 @@ pub fn connect<'a>(settings: &'a Settings, printer: &'a Printer, install_deps: b
     }
     registry.ensure_not_empty()?;
     let target = Target::parse(&settings.target)?;
+    crate::secrets::register_configured(settings, printer);
     let mut timings = Timings::default();
     let mut log = DeployLog::default();
     printer.status(&format!("connecting to {target}"));
@@ -454,6 +463,7 @@ pub fn connect<'a>(settings: &'a Settings, printer: &'a Printer, install_deps: b
         }
     }
     let layout = Layout::new(&deploy_path(settings, &session)?);
+    crate::secrets::register_from_target(&session, &layout);
     Ok(Ctx {
         settings,
         printer,

@@ -121,6 +121,11 @@ pub struct ReleaseRecord {
     /// Runtime plugins used.
     #[serde(default)]
     pub runtime: BTreeMap<String, String>,
+    /// The `.env` keys whose values came from the secrets file: their names,
+    /// never their values, so any later command can register those values for
+    /// redaction. `None` in records written before cultivate kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_keys: Option<Vec<String>>,
 }
 
 /// A release version from the clock and, when available, the git commit:
