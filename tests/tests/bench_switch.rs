@@ -141,8 +141,9 @@ fn bench_switch_against_compose_up() {
     let (rep, run) = under_load(&p, || run_with(&bin, &p, &["rollback"]));
     assert_eq!(run.code, 0, "{}", run.stderr);
     rows.push(row("(c) rollback", "cultivate rollback", &rep, Some(run.elapsed)));
-    let (rep, _) = under_load(&p, || compose_in(&p, &vb, "up -d"));
-    rows.push(row("(c) rollback", "docker-compose up -d (the other release)", &rep, None));
+    // Back to the first release's backend: the same kind of change as the rollback's (a backend).
+    let (rep, _) = under_load(&p, || compose_in(&p, &v0, "up -d"));
+    rows.push(row("(c) rollback", "docker-compose up -d (an earlier release)", &rep, None));
     run_with(&bin, &p, &["status"]);
 
     let broken = app_copy(&p.dir.path().join("d"), |_| "process.exit(3);\n".to_string());
@@ -170,7 +171,8 @@ fn bench_switch_against_compose_up() {
             &text
                 .replace(&format!("stack_dir = {stack:?}"), &format!("stack_dir = {:?}", before.display().to_string())),
         );
-        let app = before.join("examples/app");
+        // The earlier stack with this version's example app (it has /api/slow).
+        let app = prereq::workspace_root().join("examples/app");
         let q_app = |q: &mut Project, dir: &Path| {
             let text = std::fs::read_to_string(&q.config).unwrap();
             let line = text.lines().find(|l| l.starts_with("app_dir")).unwrap().to_string();

@@ -221,6 +221,7 @@ fn dry_run_services(
             status: ReleaseStatus::Pending,
             previous: None,
             runtime: BTreeMap::new(),
+            secret_keys: None,
         };
         Ok(switch::plan(&record, &hashes, &running, &edge))
     })();
@@ -841,6 +842,7 @@ mod tests {
             status: ReleaseStatus::Healthy,
             previous: None,
             runtime: BTreeMap::new(),
+            secret_keys: None,
         }
     }
 

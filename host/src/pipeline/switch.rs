@@ -585,6 +585,7 @@ mod tests {
             status: ReleaseStatus::Pending,
             previous: None,
             runtime: BTreeMap::new(),
+            secret_keys: None,
         }
     }
 
