@@ -303,7 +303,9 @@ impl<'a> Ctx<'a> {
         let printer = self.printer;
         lock::acquire(&self.session, &self.layout, what, &|w| printer.warn(w))?;
         self.log.record("INFO", &format!("took the lock {} for {what}", self.layout.lock()));
-        crate::interrupt::check()
+        // A signal that came while the lock was being taken: give it back
+        // here, since a caller does not unlock after `lock` failed.
+        crate::interrupt::check().inspect_err(|_| self.unlock())
     }
 
     /// Renews this run's lease on the lock; called at each stage (see [`lock`]).
