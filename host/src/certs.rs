@@ -12,6 +12,21 @@
 //! - a certificate expiring within `warn_days` is a warning, not an error.
 //!
 //! Errors name the file and say what to do. Nothing here panics on any input.
+//!
+//! No byte of ASN.1, base64 or PEM is decoded here by hand; each layer is a
+//! maintained crate:
+//! - PEM framing: [`pem`] (`parse_many`). It takes several blocks in one file
+//!   (a chain), skips the explanatory text openssl and certbot write between
+//!   blocks, and exposes RFC 1421 headers, which is how a legacy encrypted
+//!   key (`Proc-Type: 4,ENCRYPTED`) is recognised. RustCrypto's
+//!   `pem-rfc7468` is strict RFC 7468, which refuses exactly those files;
+//!   x509-parser's `pem` module reads one block and knows no headers.
+//! - certificates: `x509-parser` (with its `oid-registry` for algorithm
+//!   OIDs and its RSA public key parser).
+//! - private keys: RustCrypto's `pkcs8`, `pkcs1` and `sec1` (the typed DER
+//!   structures, the versions russh already builds, so nothing is compiled
+//!   twice). `rustls-pki-types` was not taken: it only labels DER blobs, and
+//!   the public half of a key would still need these crates.
 // Part of this API exists for `cultivate certs check`, which may not use every
 // field yet.
 #![cfg_attr(not(test), allow(dead_code))]
@@ -19,8 +34,13 @@
 use std::fmt;
 use std::path::Path;
 
+use pkcs8::der::Decode;
 use x509_parser::certificate::X509Certificate;
+use x509_parser::oid_registry::{
+    Oid, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_PKCS1_RSAENCRYPTION, OID_PKCS1_RSASSAPSS, OID_SIG_ED25519,
+};
 use x509_parser::prelude::FromDer;
+use x509_parser::public_key::PublicKey;
 use x509_parser::time::ASN1Time;
 
 /// What is known about a valid pair.
@@ -138,37 +158,40 @@ pub fn check_pem(
 
     // Certificate file: one or more CERTIFICATE blocks, the first is the leaf.
     let blocks = pem_blocks(cert_pem).map_err(not_cert)?;
-    let certs: Vec<&PemBlock> = blocks.iter().filter(|b| b.label == "CERTIFICATE").collect();
+    let certs: Vec<&pem::Pem> = blocks.iter().filter(|b| b.tag() == "CERTIFICATE").collect();
     let Some(leaf_block) = certs.first() else {
-        let found = blocks.first().map(|b| format!("found a {} block instead", b.label));
+        let found = blocks.first().map(|b| format!("found a {} block instead", b.tag()));
         return Err(not_cert(found.unwrap_or_else(|| "no -----BEGIN CERTIFICATE----- block".to_string())));
     };
-    let (_, leaf) = X509Certificate::from_der(&leaf_block.der)
+    let (_, leaf) = X509Certificate::from_der(leaf_block.contents())
         .map_err(|e| not_cert(format!("the CERTIFICATE block is not valid X.509: {e}")))?;
     for (i, extra) in certs.iter().enumerate().skip(1) {
-        X509Certificate::from_der(&extra.der)
+        X509Certificate::from_der(extra.contents())
             .map_err(|e| not_cert(format!("certificate {} of the chain is not valid X.509: {e}", i + 1)))?;
     }
 
     // Key file: exactly one private key block.
     let key_blocks = pem_blocks(key_pem).map_err(not_key)?;
-    let key_block = key_blocks.iter().find(|b| b.label.ends_with("PRIVATE KEY")).ok_or_else(|| {
+    let key_block = key_blocks.iter().find(|b| b.tag().ends_with("PRIVATE KEY")).ok_or_else(|| {
         not_key(match key_blocks.first() {
-            Some(b) => format!("found a {} block instead", b.label),
+            Some(b) => format!("found a {} block instead", b.tag()),
             None => "no -----BEGIN PRIVATE KEY----- block".to_string(),
         })
     })?;
-    let key_public = match key_block.label.as_str() {
-        "PRIVATE KEY" => parse_pkcs8(&key_block.der),
-        "RSA PRIVATE KEY" => parse_pkcs1(&key_block.der).map(KeyPublic::Rsa),
-        "EC PRIVATE KEY" => parse_sec1(&key_block.der).map(KeyPublic::Ec),
-        "ENCRYPTED PRIVATE KEY" => return Err(CertError::EncryptedKey { path: key_name.to_string() }),
+    // Legacy OpenSSL encryption (RFC 1421 header) wraps a PKCS#1 or SEC1
+    // label around ciphertext: say "encrypted", not "malformed".
+    let legacy_encrypted = key_block.headers().get("Proc-Type").is_some_and(|v| v.contains("ENCRYPTED"));
+    if legacy_encrypted || key_block.tag() == "ENCRYPTED PRIVATE KEY" {
+        return Err(CertError::EncryptedKey { path: key_name.to_string() });
+    }
+    let der = key_block.contents();
+    let key_public = match key_block.tag() {
+        "PRIVATE KEY" => parse_pkcs8(der),
+        "RSA PRIVATE KEY" => parse_pkcs1(der).map(KeyPublic::Rsa),
+        "EC PRIVATE KEY" => parse_sec1(der).map(KeyPublic::Ec),
         other => Err(format!("unsupported key block {other}")),
     }
     .map_err(not_key)?;
-    if key_block.encrypted {
-        return Err(CertError::EncryptedKey { path: key_name.to_string() });
-    }
 
     // Validity.
     let validity = leaf.validity();
@@ -183,7 +206,7 @@ pub fn check_pem(
 
     // The pair.
     let spki = leaf.public_key();
-    let alg = spki.algorithm.algorithm.as_bytes();
+    let alg = &spki.algorithm.algorithm;
     let cert_key: &[u8] = &spki.subject_public_key.data;
     let mismatch = |detail: &str| CertError::Mismatch {
         cert: cert_name.to_string(),
@@ -192,16 +215,8 @@ pub fn check_pem(
     };
     let unsupported =
         |detail: String| CertError::Unsupported { cert: cert_name.to_string(), key: key_name.to_string(), detail };
-    let cert_kind = match alg {
-        a if a == OID_RSA || a == OID_RSA_PSS => "RSA",
-        a if a == OID_EC => "EC",
-        a if a == OID_ED25519 => "Ed25519",
-        _ => {
-            return Err(unsupported(format!(
-                "the certificate's key algorithm {} is not supported",
-                spki.algorithm.algorithm
-            )))
-        }
+    let Some(cert_kind) = key_kind(alg.as_bytes()) else {
+        return Err(unsupported(format!("the certificate's key algorithm {alg} is not supported")));
     };
     if cert_kind != key_public.kind() {
         return Err(mismatch(&format!(
@@ -211,7 +226,11 @@ pub fn check_pem(
     }
     match &key_public {
         KeyPublic::Rsa((n, e)) => {
-            let (cn, ce) = parse_rsa_public(cert_key).map_err(|e| unsupported(format!("certificate RSA key: {e}")))?;
+            let (cn, ce) = match spki.parsed() {
+                Ok(PublicKey::RSA(rsa)) => (rsa.modulus, rsa.exponent),
+                Ok(_) => return Err(unsupported("certificate RSA key: not an RSA public key".to_string())),
+                Err(e) => return Err(unsupported(format!("certificate RSA key: {e}"))),
+            };
             if strip_zeros(cn) != strip_zeros(n) || strip_zeros(ce) != strip_zeros(e) {
                 return Err(mismatch("different RSA modulus"));
             }
@@ -247,10 +266,20 @@ pub fn check_pem(
     })
 }
 
-const OID_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
-const OID_RSA_PSS: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a];
-const OID_EC: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
-const OID_ED25519: &[u8] = &[0x2b, 0x65, 0x70];
+/// `RSA`, `EC` or `Ed25519` for a public key algorithm OID (DER content
+/// bytes, as both x509-parser and `const-oid` give them).
+fn key_kind(oid: &[u8]) -> Option<&'static str> {
+    let is = |known: &Oid<'static>| known.as_bytes() == oid;
+    if is(&OID_PKCS1_RSAENCRYPTION) || is(&OID_PKCS1_RSASSAPSS) {
+        Some("RSA")
+    } else if is(&OID_KEY_TYPE_EC_PUBLIC_KEY) {
+        Some("EC")
+    } else if is(&OID_SIG_ED25519) {
+        Some("Ed25519")
+    } else {
+        None
+    }
+}
 
 fn fmt_time(t: &ASN1Time) -> String {
     t.to_datetime().format(&::time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
@@ -280,202 +309,52 @@ fn strip_zeros(b: &[u8]) -> &[u8] {
     &b[n..]
 }
 
-// ---- PEM ---------------------------------------------------------------
-
-struct PemBlock {
-    label: String,
-    der: Vec<u8>,
-    /// Legacy OpenSSL encryption (`Proc-Type: 4,ENCRYPTED` header).
-    encrypted: bool,
-}
-
-/// Every `-----BEGIN X-----` … `-----END X-----` block. Text outside blocks
-/// (certbot and openssl put comments there) is ignored; a file with no block
-/// at all, or binary data, is an error.
-fn pem_blocks(data: &[u8]) -> Result<Vec<PemBlock>, String> {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return Err(if data.first() == Some(&0x30) {
+/// Every PEM block of a file, in order; a file with no block at all, or
+/// binary data, is an error whose text says what the file looks like.
+fn pem_blocks(data: &[u8]) -> Result<Vec<pem::Pem>, String> {
+    if std::str::from_utf8(data).is_err() {
+        // The usual mistake is a DER file where PEM belongs.
+        return Err(if X509Certificate::from_der(data).is_ok() {
+            "a DER certificate, not PEM text".to_string()
+        } else if data.first() == Some(&0x30) {
             "binary data, probably DER".to_string()
         } else {
             "binary data, not PEM text".to_string()
         });
-    };
-    let mut blocks = Vec::new();
-    let mut lines = text.lines();
-    while let Some(line) = lines.next() {
-        let line = line.trim();
-        let Some(label) = line.strip_prefix("-----BEGIN ").and_then(|l| l.strip_suffix("-----")) else {
-            continue;
-        };
-        let end = format!("-----END {label}-----");
-        let mut b64 = String::new();
-        let mut encrypted = false;
-        let mut closed = false;
-        for l in lines.by_ref() {
-            let l = l.trim();
-            if l == end {
-                closed = true;
-                break;
-            }
-            if l.starts_with("-----") {
-                return Err(format!("the {label} block ends with {l:?} instead of {end:?}"));
-            }
-            if let Some((name, value)) = l.split_once(':') {
-                // RFC 1421 headers of legacy encrypted keys.
-                if name.trim() == "Proc-Type" && value.contains("ENCRYPTED") {
-                    encrypted = true;
-                }
-                continue;
-            }
-            b64.push_str(l);
-        }
-        if !closed {
-            return Err(format!("the {label} block has no {end:?} line"));
-        }
-        let der = base64_decode(&b64).ok_or_else(|| format!("the {label} block is not valid base64"))?;
-        if der.is_empty() {
-            return Err(format!("the {label} block is empty"));
-        }
-        blocks.push(PemBlock { label: label.to_string(), der, encrypted });
     }
+    let blocks = pem::parse_many(data).map_err(|e| format!("malformed PEM: {e}"))?;
     if blocks.is_empty() {
         return Err("no -----BEGIN …----- block".to_string());
+    }
+    if let Some(empty) = blocks.iter().find(|b| b.contents().is_empty()) {
+        return Err(format!("the {} block is empty", empty.tag()));
     }
     Ok(blocks)
 }
 
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(s.len() / 4 * 3);
-    let mut acc: u32 = 0;
-    let mut bits = 0u32;
-    let mut padding = 0usize;
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            b'=' => {
-                padding += 1;
-                continue;
-            }
-            b' ' | b'\t' | b'\r' | b'\n' => continue,
-            _ => return None,
-        };
-        if padding > 0 {
-            return None; // data after padding
-        }
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    (padding <= 2).then_some(out)
-}
-
-// ---- DER (just enough for private keys) -------------------------------
-
-struct Tlv<'a> {
-    tag: u8,
-    value: &'a [u8],
-}
-
-/// One DER TLV from the start of `input`, and the rest.
-fn tlv(input: &[u8]) -> Option<(Tlv<'_>, &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&len0, rest) = rest.split_first()?;
-    let (len, rest) = if len0 < 0x80 {
-        (usize::from(len0), rest)
-    } else {
-        let n = usize::from(len0 & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n].iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((Tlv { tag, value: &rest[..len] }, &rest[len..]))
-}
-
-/// The elements of a SEQUENCE's contents.
-fn items(mut value: &[u8]) -> Option<Vec<Tlv<'_>>> {
-    let mut out = Vec::new();
-    while !value.is_empty() {
-        let (t, rest) = tlv(value)?;
-        out.push(t);
-        value = rest;
-    }
-    Some(out)
-}
-
-/// A whole DER SEQUENCE and its elements.
-fn sequence(der: &[u8]) -> Option<Vec<Tlv<'_>>> {
-    let (seq, _) = tlv(der)?;
-    if seq.tag != 0x30 {
-        return None;
-    }
-    items(seq.value)
-}
-
-/// PKCS#1 RSAPrivateKey: SEQUENCE { version, n, e, d, … }.
+/// PKCS#1 RSAPrivateKey → (modulus, public exponent).
 fn parse_pkcs1(der: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let it = sequence(der).ok_or("malformed RSA PRIVATE KEY")?;
-    match it.as_slice() {
-        [v, n, e, ..] if v.tag == 0x02 && n.tag == 0x02 && e.tag == 0x02 => Ok((n.value.to_vec(), e.value.to_vec())),
-        _ => Err("malformed RSA PRIVATE KEY".to_string()),
-    }
+    let key = pkcs1::RsaPrivateKey::from_der(der).map_err(|e| format!("malformed RSA PRIVATE KEY: {e}"))?;
+    Ok((key.modulus.as_bytes().to_vec(), key.public_exponent.as_bytes().to_vec()))
 }
 
-/// SEC1 ECPrivateKey: SEQUENCE { 1, privateKey, [0] params OPTIONAL, [1] publicKey OPTIONAL }.
+/// SEC1 ECPrivateKey → its public point, when the file carries it.
 fn parse_sec1(der: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    let it = sequence(der).ok_or("malformed EC PRIVATE KEY")?;
-    if it.len() < 2 || it[0].tag != 0x02 || it[1].tag != 0x04 {
-        return Err("malformed EC PRIVATE KEY".to_string());
-    }
-    for t in &it[2..] {
-        if t.tag == 0xa1 {
-            let (bits, _) = tlv(t.value).ok_or("malformed EC public key")?;
-            if bits.tag != 0x03 || bits.value.is_empty() {
-                return Err("malformed EC public key".to_string());
-            }
-            return Ok(Some(bits.value[1..].to_vec()));
-        }
-    }
-    Ok(None)
+    let key = sec1::EcPrivateKey::from_der(der).map_err(|e| format!("malformed EC PRIVATE KEY: {e}"))?;
+    Ok(key.public_key.map(<[u8]>::to_vec))
 }
 
-/// PKCS#8 PrivateKeyInfo / OneAsymmetricKey.
+/// PKCS#8 PrivateKeyInfo / OneAsymmetricKey → the public half.
 fn parse_pkcs8(der: &[u8]) -> Result<KeyPublic, String> {
-    let it = sequence(der).ok_or("malformed PRIVATE KEY")?;
-    if it.len() < 3 || it[0].tag != 0x02 || it[1].tag != 0x30 || it[2].tag != 0x04 {
-        return Err("malformed PRIVATE KEY".to_string());
-    }
-    let alg = items(it[1].value).ok_or("malformed PRIVATE KEY algorithm")?;
-    let oid = alg.first().filter(|t| t.tag == 0x06).ok_or("malformed PRIVATE KEY algorithm")?.value;
-    // [1] IMPLICIT BIT STRING publicKey (PKCS#8 v2).
-    let outer_public =
-        it[3..].iter().find(|t| t.tag == 0x81).and_then(|t| t.value.split_first()).map(|(_, d)| d.to_vec());
-    match oid {
-        o if o == OID_RSA || o == OID_RSA_PSS => parse_pkcs1(it[2].value).map(KeyPublic::Rsa),
-        o if o == OID_EC => Ok(KeyPublic::Ec(parse_sec1(it[2].value)?.or(outer_public))),
-        o if o == OID_ED25519 => Ok(KeyPublic::Ed25519(outer_public)),
+    let info = pkcs8::PrivateKeyInfoRef::from_der(der).map_err(|e| format!("malformed PRIVATE KEY: {e}"))?;
+    let inner = info.private_key.as_bytes();
+    // [1] publicKey of PKCS#8 v2 (RFC 5958), as Ed25519 keys carry it.
+    let outer_public = info.public_key.as_ref().and_then(|bits| bits.as_bytes()).map(<[u8]>::to_vec);
+    match key_kind(info.algorithm.oid.as_bytes()) {
+        Some("RSA") => parse_pkcs1(inner).map(KeyPublic::Rsa),
+        Some("EC") => Ok(KeyPublic::Ec(parse_sec1(inner)?.or(outer_public))),
+        Some("Ed25519") => Ok(KeyPublic::Ed25519(outer_public)),
         _ => Err("unsupported key algorithm (expected RSA, EC or Ed25519)".to_string()),
-    }
-}
-
-/// RSAPublicKey (the certificate's subjectPublicKey): SEQUENCE { n, e }.
-fn parse_rsa_public(der: &[u8]) -> Result<(&[u8], &[u8]), String> {
-    let it = sequence(der).ok_or("malformed RSA public key")?;
-    match it.as_slice() {
-        [n, e] if n.tag == 0x02 && e.tag == 0x02 => Ok((n.value, e.value)),
-        _ => Err("malformed RSA public key".to_string()),
     }
 }
 
@@ -670,8 +549,7 @@ wIJWgJ4LAk8ULqlapmu+pGqd3Lz2KJpCMg==
             assert!(msg.starts_with("privkey.pem is not the private key of fullchain.pem"), "{msg}");
         }
         // Same modulus, different exponent: still a mismatch (a forged key).
-        let mut pkcs1 =
-            base64_decode(&RSA_PKCS1.lines().filter(|l| !l.starts_with("-----")).collect::<String>()).unwrap();
+        let mut pkcs1 = pem::parse(RSA_PKCS1).unwrap().into_contents();
         // The public exponent 65537 is encoded 02 03 01 00 01; make it 65539.
         let pos = pkcs1.windows(5).position(|w| w == [0x02, 0x03, 0x01, 0x00, 0x01]).unwrap();
         pkcs1[pos + 4] = 0x03;
@@ -680,30 +558,7 @@ wIJWgJ4LAk8ULqlapmu+pGqd3Lz2KJpCMg==
     }
 
     fn pem_encode(label: &str, der: &[u8]) -> String {
-        const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut b64 = String::new();
-        for chunk in der.chunks(3) {
-            let n = chunk.iter().fold(0u32, |a, &b| (a << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    b64.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    b64.push('=');
-                }
-            }
-        }
-        let body: Vec<String> = b64.as_bytes().chunks(64).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
-        format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", body.join("\n"))
-    }
-
-    #[test]
-    fn base64_round_trip() {
-        let data: Vec<u8> = (0..=255u8).collect();
-        for n in [0, 1, 2, 3, 4, 5, 100, 256] {
-            let pem = pem_encode("X", &data[..n]);
-            let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-            assert_eq!(base64_decode(&body).unwrap(), &data[..n]);
-        }
+        pem::encode(&pem::Pem::new(label, der))
     }
 
     #[test]
@@ -771,6 +626,178 @@ wIJWgJ4LAk8ULqlapmu+pGqd3Lz2KJpCMg==
         let err = check_files(&c, &missing, 30).unwrap_err();
         assert!(matches!(err, CertError::Read { .. }));
         assert!(err.to_string().contains("nope.pem"), "{err}");
+    }
+
+    /// Files made by the `openssl` command line, as users make them: runs
+    /// `openssl ARGS` in `dir`. `None` when openssl is not installed (outside
+    /// CI; under CI that is a failure).
+    fn openssl(dir: &Path, args: &[&str]) -> Option<()> {
+        match std::process::Command::new("openssl").args(args).current_dir(dir).output() {
+            Ok(out) => {
+                assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+                Some(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os("CI").is_none() => {
+                eprintln!("skipped: openssl is not installed");
+                None
+            }
+            Err(e) => panic!("cannot run openssl: {e}"),
+        }
+    }
+
+    #[test]
+    fn openssl_made_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let read = |name: &str| std::fs::read(d.join(name)).unwrap();
+        let check_at = |cert: &str, key: &str, at: i64| check_pem(cert, &read(cert), key, &read(key), at, 30);
+        let self_signed = |key_opts: &[&str], key: &str, cert: &str| {
+            let mut args = vec!["req", "-x509", "-nodes", "-days", "90", "-subj", "/CN=localhost"];
+            args.extend_from_slice(key_opts);
+            args.extend_from_slice(&["-keyout", key, "-out", cert]);
+            openssl(d, &args)
+        };
+        let Some(()) = self_signed(&["-newkey", "rsa:2048"], "rsa.key", "rsa.crt") else { return };
+        self_signed(&["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"], "ec.key", "ec.crt").unwrap();
+        self_signed(&["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-384"], "ec2.key", "ec2.crt").unwrap();
+        // The same keys in their traditional encodings (PKCS#1, SEC1).
+        openssl(d, &["pkey", "-in", "rsa.key", "-traditional", "-out", "rsa1.key"]).unwrap();
+        openssl(d, &["ec", "-in", "ec.key", "-out", "sec1.key"]).unwrap();
+        assert!(String::from_utf8(read("rsa1.key")).unwrap().starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+        assert!(String::from_utf8(read("sec1.key")).unwrap().starts_with("-----BEGIN EC PRIVATE KEY-----"));
+
+        // Valid pairs, every encoding.
+        for (cert, key, kind) in [
+            ("rsa.crt", "rsa.key", "RSA"),
+            ("rsa.crt", "rsa1.key", "RSA"),
+            ("ec.crt", "ec.key", "EC"),
+            ("ec.crt", "sec1.key", "EC"),
+        ] {
+            let r = check_at(cert, key, now()).unwrap_or_else(|e| panic!("{cert} {key}: {e}"));
+            assert_eq!(r.key_type, kind);
+            assert_eq!(r.subject, "CN=localhost");
+            assert!((88..=90).contains(&r.days_remaining), "{}", r.days_remaining);
+        }
+
+        // Expired and not yet valid: the certificate's own dates against a clock.
+        let r = check_at("rsa.crt", "rsa.key", now()).unwrap();
+        let err = check_at("rsa.crt", "rsa.key", r.not_after + 1).unwrap_err();
+        assert!(matches!(err, CertError::Expired { .. }), "{err:?}");
+        assert!(err.to_string().starts_with("rsa.crt expired on "), "{err}");
+        let err = check_at("ec.crt", "ec.key", r.not_before - 86_400).unwrap_err();
+        assert!(matches!(err, CertError::NotYetValid { .. }), "{err:?}");
+        assert!(err.to_string().starts_with("ec.crt is not valid before "), "{err}");
+
+        // Mismatched keys: same type, other type, other curve.
+        for (cert, key) in
+            [("rsa.crt", "ec.key"), ("ec.crt", "ec2.key"), ("ec.crt", "rsa1.key"), ("ec2.crt", "sec1.key")]
+        {
+            let err = check_at(cert, key, now()).unwrap_err();
+            assert!(matches!(err, CertError::Mismatch { .. }), "{cert} {key}: {err:?}");
+            assert!(err.to_string().starts_with(&format!("{key} is not the private key of {cert}")), "{err}");
+        }
+
+        // DER instead of PEM, for the certificate and for the key.
+        openssl(d, &["x509", "-in", "rsa.crt", "-outform", "DER", "-out", "rsa.der"]).unwrap();
+        openssl(d, &["pkey", "-in", "ec.key", "-outform", "DER", "-out", "ec.key.der"]).unwrap();
+        let err = check_at("rsa.der", "rsa.key", now()).unwrap_err();
+        assert!(matches!(err, CertError::NotPemCertificate { .. }), "{err:?}");
+        assert!(err.to_string().contains("DER") && err.to_string().contains("openssl x509 -inform DER"), "{err}");
+        let err = check_at("ec.crt", "ec.key.der", now()).unwrap_err();
+        assert!(matches!(err, CertError::NotPemKey { .. }), "{err:?}");
+
+        // Encrypted keys: PKCS#8 and the legacy OpenSSL header form.
+        openssl(d, &["pkey", "-in", "rsa.key", "-aes256", "-passout", "pass:secret", "-out", "enc8.key"]).unwrap();
+        openssl(
+            d,
+            &["pkey", "-in", "ec.key", "-traditional", "-aes256", "-passout", "pass:secret", "-out", "encl.key"],
+        )
+        .unwrap();
+        for (cert, key) in [("rsa.crt", "enc8.key"), ("ec.crt", "encl.key")] {
+            let err = check_at(cert, key, now()).unwrap_err();
+            assert!(matches!(err, CertError::EncryptedKey { .. }), "{key}: {err:?}");
+            assert!(err.to_string().contains(&format!("openssl pkey -in {key}")), "{err}");
+        }
+
+        // A chain: root → intermediate → leaf; the file holds leaf + intermediate.
+        let ext = "basicConstraints=critical,CA:true\nkeyUsage=critical,keyCertSign,cRLSign\n";
+        std::fs::write(d.join("ca.ext"), ext).unwrap();
+        self_signed(
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-addext", "basicConstraints=critical,CA:true"],
+            "root.key",
+            "root.crt",
+        )
+        .unwrap();
+        for (name, subj) in [("int", "/CN=intermediate"), ("leaf", "/CN=leaf.example")] {
+            openssl(
+                d,
+                &[
+                    "req",
+                    "-new",
+                    "-nodes",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:P-256",
+                    "-subj",
+                    subj,
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.csr"),
+                ],
+            )
+            .unwrap();
+        }
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "int.csr",
+                "-CA",
+                "root.crt",
+                "-CAkey",
+                "root.key",
+                "-CAcreateserial",
+                "-days",
+                "60",
+                "-extfile",
+                "ca.ext",
+                "-out",
+                "int.crt",
+            ],
+        )
+        .unwrap();
+        openssl(
+            d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "leaf.csr",
+                "-CA",
+                "int.crt",
+                "-CAkey",
+                "int.key",
+                "-CAcreateserial",
+                "-days",
+                "20",
+                "-out",
+                "leaf.crt",
+            ],
+        )
+        .unwrap();
+        let chain = [read("leaf.crt"), read("int.crt")].concat();
+        std::fs::write(d.join("fullchain.pem"), chain).unwrap();
+        let r = check_at("fullchain.pem", "leaf.key", now()).unwrap();
+        assert_eq!(r.chain_len, 1);
+        assert_eq!(r.subject, "CN=leaf.example");
+        assert_eq!(r.warnings.len(), 1, "20 days left is within the 30-day warning: {:?}", r.warnings);
+        // The intermediate's key is not the leaf's.
+        let err = check_at("fullchain.pem", "int.key", now()).unwrap_err();
+        assert!(matches!(err, CertError::Mismatch { .. }), "{err:?}");
     }
 
     fn valid_pair() -> (String, String) {

@@ -26,7 +26,8 @@ Exit codes:
   13  SSH authentication failed
   14  SSH host key unknown (see --accept-new-host-key)
   15  SSH host key changed (possible attack: check the host, then fix known_hosts)
-  16  connection lost during a command";
+  16  connection lost during a command
+  129 stopped by SIGHUP, 130 by SIGINT (Ctrl-C), 143 by SIGTERM, at a safe point";
 
 /// Deploy a three-tier web application to your own server and keep it healthy
 ///

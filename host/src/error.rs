@@ -31,6 +31,12 @@ pub enum Code {
     HostKeyChanged = 15,
     /// Connection lost during a command.
     ConnectionLost = 16,
+    /// Stopped by SIGHUP (128 + 1).
+    HangUp = 129,
+    /// Stopped by SIGINT, Ctrl-C (128 + 2).
+    Interrupted = 130,
+    /// Stopped by SIGTERM (128 + 15).
+    Terminated = 143,
 }
 
 /// An error with an exit code and an optional hint, for the user.

@@ -9,6 +9,7 @@ mod certs_check;
 mod cli;
 mod commands;
 mod error;
+mod interrupt;
 mod logging;
 mod output;
 mod pipeline;
@@ -22,6 +23,7 @@ mod target;
 use clap::Parser;
 
 fn main() {
+    interrupt::install();
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -53,27 +53,27 @@ impl Printer {
     /// A stage heading or status line: `==> text`.
     pub fn status(&self, text: &str) {
         if !self.quiet {
-            eprintln!("{} {}", self.paint("1;34", "==>"), redact::apply(text));
+            say(format_args!("{} {}", self.paint("1;34", "==>"), redact::apply(text)));
         }
     }
 
     /// A detail under a stage: `    text`.
     pub fn detail(&self, text: &str) {
         if !self.quiet {
-            eprintln!("    {}", redact::apply(text));
+            say(format_args!("    {}", redact::apply(text)));
         }
     }
 
     /// Success.
     pub fn success(&self, text: &str) {
         if !self.quiet {
-            eprintln!("{} {}", self.paint("1;32", "ok:"), redact::apply(text));
+            say(format_args!("{} {}", self.paint("1;32", "ok:"), redact::apply(text)));
         }
     }
 
     /// A warning.
     pub fn warn(&self, text: &str) {
-        eprintln!("{} {}", self.paint("1;33", "warning:"), redact::apply(text));
+        say(format_args!("{} {}", self.paint("1;33", "warning:"), redact::apply(text)));
     }
 
     /// An error with its causes and hint.
@@ -103,4 +103,10 @@ impl Printer {
     pub fn json_value(&self, value: &serde_json::Value) {
         self.data(&serde_json::to_string_pretty(value).unwrap_or_default());
     }
+}
+
+/// Writes one line to stderr, ignoring errors: a closed stderr (`| head`, a
+/// gone terminal) must never stop a deploy half-way (`eprintln!` panics).
+fn say(args: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
 }

@@ -338,6 +338,13 @@ impl Project {
         run_binary(&all, &self.log_dir, self.dir.path())
     }
 
+    /// Starts `cultivate -c CONFIG ARGS...` without waiting (see [`spawn_binary`]).
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        let mut all: Vec<String> = vec!["-c".into(), self.config.display().to_string()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        spawn_binary(&all, &self.log_dir, self.dir.path())
+    }
+
     /// `cultivate deploy ARGS...`.
     pub fn deploy(&self, args: &[&str]) -> Run {
         let mut all = vec!["deploy"];
@@ -441,6 +448,21 @@ pub fn run_binary(args: &[String], log_dir: &Path, cwd: &Path) -> Run {
         eprintln!("  | {l}");
     }
     run
+}
+
+/// Starts the binary as [`run_binary`] does, without waiting: stdout and
+/// stderr are piped, for a test that watches the run and signals it.
+pub fn spawn_binary(args: &[String], log_dir: &Path, cwd: &Path) -> std::process::Child {
+    let mut cmd = Command::new(binary());
+    cmd.args(args).current_dir(cwd).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CULTIVATE_") || k == "RUST_LOG" {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("CULTIVATE_LOG_DIR", log_dir).env("NO_COLOR", "1");
+    eprintln!("$ cultivate {} &", args.join(" "));
+    cmd.spawn().unwrap_or_else(|e| panic!("starting {}: {e}", binary().display()))
 }
 
 /// Runs curl; returns stdout or fails with its stderr.

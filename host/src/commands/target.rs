@@ -4,7 +4,6 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use cultivate_plugin_api::ops;
-use cultivate_plugin_api::ExecRequest;
 
 use crate::cli::{LogsArgs, TargetArgs};
 use crate::output::Printer;
@@ -150,16 +149,16 @@ pub fn logs(printer: &Printer, config: Option<&Path>, args: &LogsArgs) -> Result
 pub fn lock(printer: &Printer, config: Option<&Path>, args: &TargetArgs, release: bool) -> Result<()> {
     let settings = settings::load(config, &Overrides::from_target(args))?;
     let ctx = pipeline::connect(&settings, printer, false)?;
-    let owner = ctx.session.run(&ExecRequest::new(["cat", &format!("{}/owner", ctx.layout.lock())]))?;
-    if !owner.success() {
+    let Some(found) = pipeline::lock::read(&ctx.session, &ctx.layout.lock())? else {
         printer.data("unlocked");
         return Ok(());
-    }
+    };
+    let holder = found.holder.describe();
     if release {
         ctx.unlock();
-        printer.success(&format!("removed the lock held by {}", owner.stdout.trim()));
+        printer.success(&format!("removed the lock held by {holder}"));
     } else {
-        printer.data(&format!("locked: {}", owner.stdout.trim()));
+        printer.data(&format!("locked: {holder}\nholder: {}", found.liveness().label()));
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ pub mod build;
 pub mod deploy;
 pub mod envfile;
 pub mod health;
+pub mod lock;
 pub mod release;
 pub mod rollback;
 pub mod switch;
@@ -298,45 +299,29 @@ impl<'a> Ctx<'a> {
         crate::redact::apply(&text)
     }
 
-    /// Takes the target's deploy lock, or fails naming who holds it.
+    /// Takes the target's deploy lock (taking over a stale one, see
+    /// [`lock`]), or fails naming who holds it.
     pub fn lock(&mut self, what: &str) -> Result<()> {
-        let q = cultivate_plugin_api::shell::quote;
-        let lock = self.layout.lock();
-        let owner = format!(
-            "{} by {}@{} (pid {}) at {}",
-            what,
-            std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-            hostname(),
-            std::process::id(),
-            release::now_iso()
-        );
-        let out = self.session.run(&ExecRequest::shell(format!(
-            "mkdir -p {root}/releases {root}/logs && mkdir {lock} 2>/dev/null && printf '%s\\n' {owner} > {lock}/owner",
-            root = q(&self.layout.root),
-            lock = q(&lock),
-            owner = q(&owner)
-        )))?;
-        if out.success() {
-            return Ok(());
+        let printer = self.printer;
+        lock::acquire(&self.session, &self.layout, what, &|w| printer.warn(w))?;
+        self.log.record("INFO", &format!("took the lock {} for {what}", self.layout.lock()));
+        // A signal that came while the lock was being taken: give it back
+        // here, since a caller does not unlock after `lock` failed.
+        crate::interrupt::check().inspect_err(|_| self.unlock())
+    }
+
+    /// Renews this run's lease on the lock; called at each stage (see [`lock`]).
+    // Called from deploy.rs's stages once the issue-12 rewrite wires it in.
+    #[allow(dead_code)]
+    pub fn renew_lock(&self, what: &str) {
+        if let Err(e) = lock::renew(&self.session, &self.layout, what) {
+            tracing::warn!("could not renew the lock {}: {e:#}", self.layout.lock());
         }
-        if !out.stderr.trim().is_empty() {
-            anyhow::bail!("cannot create {} on {}: {}", self.layout.root, self.session.target, out.stderr.trim());
-        }
-        let holder = self.session.run(&ExecRequest::new(["cat", &format!("{lock}/owner")]))?.stdout;
-        Err(UserError::new(Code::Locked, format!("the target is locked: {}", holder.trim()))
-            .hint(format!(
-                "wait for that run to finish; if it died, `cultivate lock release --target {}` removes the lock",
-                self.session.target
-            ))
-            .into())
     }
 
     /// Releases the deploy lock.
     pub fn unlock(&self) {
-        let lock = self.layout.lock();
-        if let Err(e) = self.session.run(&ExecRequest::new(["rm", "-rf", &lock])) {
-            tracing::warn!("could not release the lock {lock}: {e}");
-        }
+        lock::release(&self.session, &self.layout);
     }
 
     /// Writes the deploy log to the target and applies the retention policy (P34).
@@ -365,12 +350,6 @@ impl<'a> Ctx<'a> {
             Err(e) => self.printer.warn(&format!("could not write the deploy log to {path}: {e:#}")),
         }
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
 }
 
 /// Default deploy directory for the target's OS.

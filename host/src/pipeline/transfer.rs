@@ -196,7 +196,9 @@ impl Progress {
             return;
         }
         self.last_line = std::time::Instant::now();
-        eprintln!("    {}", progress_line(&self.label, sent, self.total, self.started.elapsed()));
+        // A closed stderr must not stop the transfer (eprintln! would panic).
+        let _ =
+            writeln!(std::io::stderr(), "    {}", progress_line(&self.label, sent, self.total, self.started.elapsed()));
     }
 
     /// Ends the report.

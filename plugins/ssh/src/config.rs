@@ -5,7 +5,9 @@
 //! installed (so every config feature OpenSSH knows applies: Match, Include,
 //! tokens, canonicalisation), through the small built-in reader below
 //! otherwise (Host blocks with wildcards and negation; HostName, Port, User,
-//! IdentityFile, ProxyJump, UserKnownHostsFile).
+//! IdentityFile, ProxyJump, UserKnownHostsFile, HashKnownHosts; the user's
+//! file first, then the system-wide `/etc/ssh/ssh_config`, as OpenSSH reads
+//! them).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -41,6 +43,9 @@ pub struct Resolved {
     pub proxy_command: Option<String>,
     /// `IdentitiesOnly yes`: leave the agent out.
     pub identities_only: bool,
+    /// `HashKnownHosts yes` (Debian's default in /etc/ssh/ssh_config): a newly
+    /// accepted host key is recorded hashed.
+    pub hash_known_hosts: bool,
 }
 
 /// Which mechanism resolved the config.
@@ -232,6 +237,7 @@ pub fn parse_ssh_g(text: &str, alias: &str) -> Resolved {
             "proxyjump" => r.proxy_jump = split_jumps(value),
             "proxycommand" if !value.eq_ignore_ascii_case("none") => r.proxy_command = Some(value.to_string()),
             "identitiesonly" => r.identities_only = value.eq_ignore_ascii_case("yes"),
+            "hashknownhosts" => r.hash_known_hosts = value.eq_ignore_ascii_case("yes"),
             "userknownhostsfile" => {
                 r.known_hosts = value.split_whitespace().next().map(PathBuf::from);
             }
@@ -267,6 +273,16 @@ pub fn resolve_builtin(spec: &TargetSpec, config_file: Option<&Path>) -> Result<
             return Err(PluginError::new(ErrorKind::Io, format!("cannot read ssh config {}: {e}", path.display())))
         }
     };
+    // As `ssh -F FILE` does, an explicit file replaces both user and system
+    // files; otherwise the system-wide file follows the user's (first value
+    // wins), behind a `Host *` so it does not continue the user's last block.
+    let text = match config_file {
+        Some(_) => text,
+        None => match std::fs::read_to_string("/etc/ssh/ssh_config") {
+            Ok(system) => format!("{text}\nHost *\n{system}"),
+            Err(_) => text,
+        },
+    };
     Ok(resolve_builtin_text(spec, &text))
 }
 
@@ -280,6 +296,7 @@ pub fn resolve_builtin_text(spec: &TargetSpec, text: &str) -> Resolved {
     let mut proxy_command: Option<String> = None;
     let mut identities_only: Option<bool> = None;
     let mut known_hosts: Option<String> = None;
+    let mut hash_known_hosts: Option<bool> = None;
     let mut active = true;
     let alias = spec.host.to_ascii_lowercase();
     for raw in text.lines() {
@@ -329,6 +346,9 @@ pub fn resolve_builtin_text(spec: &TargetSpec, text: &str) -> Resolved {
             "userknownhostsfile" => {
                 known_hosts.get_or_insert_with(|| value.split_whitespace().next().unwrap_or("").to_string());
             }
+            "hashknownhosts" => {
+                hash_known_hosts.get_or_insert(value.eq_ignore_ascii_case("yes"));
+            }
             _ => {}
         }
     }
@@ -347,6 +367,7 @@ pub fn resolve_builtin_text(spec: &TargetSpec, text: &str) -> Resolved {
         proxy_jump: jump.as_deref().map(split_jumps).unwrap_or_default(),
         proxy_command: proxy_command.filter(|c| !c.eq_ignore_ascii_case("none")),
         identities_only: identities_only.unwrap_or(false),
+        hash_known_hosts: hash_known_hosts.unwrap_or(false),
         known_hosts: known_hosts.filter(|k| !k.is_empty()).map(|k| expand_path(&k, &host, &user, port)),
         host,
         port,

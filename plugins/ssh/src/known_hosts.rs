@@ -1,6 +1,8 @@
 //! OpenSSH `known_hosts` files: lookup (plain, wildcard, negated, hashed
 //! `|1|salt|hash` and `[host]:port` entries, `@revoked` markers) and
-//! recording a newly accepted key.
+//! recording a newly accepted key, hashed when the ssh config says
+//! `HashKnownHosts yes` (OpenSSH's format: `|1|base64(salt)|base64(HMAC-SHA1
+//! keyed with a random 20-byte salt, over the entry name)`).
 //!
 //! russh ships a lookup too, but it fails the whole file on one malformed
 //! line, ignores markers and wildcards, and miscounts line numbers after
@@ -213,9 +215,28 @@ pub fn recorded_algorithms(path: &Path, host: &str, port: u16) -> Vec<Algorithm>
     out
 }
 
-/// Appends `host:port key` to the file, creating it (and its directory) if needed.
-/// Returns the line number of the new entry.
-pub fn learn(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<usize> {
+/// The hashed form of an entry name, `|1|salt|hash`, with the given salt.
+pub fn hash_entry_name(name: &str, salt: &[u8; 20]) -> String {
+    // HMAC accepts a key of any length; 20 bytes cannot fail.
+    let mac = <Hmac<Sha1> as KeyInit>::new_from_slice(salt).map(|m| m.chain_update(name.as_bytes()));
+    let hash = mac.map(|m| m.finalize().into_bytes().to_vec()).unwrap_or_default();
+    format!("|1|{}|{}", data_encoding::BASE64.encode(salt), data_encoding::BASE64.encode(&hash))
+}
+
+/// A fresh salt from the kernel, as ssh-keygen takes one per entry.
+fn random_salt() -> std::io::Result<[u8; 20]> {
+    use std::io::Read;
+    let mut salt = [0u8; 20];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut salt))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot read /dev/urandom for a known_hosts salt: {e}")))?;
+    Ok(salt)
+}
+
+/// Appends `host:port key` to the file (the name hashed when `hashed`),
+/// creating it (and its directory) if needed. Returns the line number of the
+/// new entry.
+pub fn learn(path: &Path, host: &str, port: u16, key: &PublicKey, hashed: bool) -> std::io::Result<usize> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -230,7 +251,8 @@ pub fn learn(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Re
     if !existing.is_empty() && !existing.ends_with(b"\n") {
         line.push('\n');
     }
-    line.push_str(&host_entry_name(host, port));
+    let name = host_entry_name(host, port);
+    line.push_str(&if hashed { hash_entry_name(&name, &random_salt()?) } else { name });
     line.push(' ');
     line.push_str(encoded.trim());
     line.push('\n');
@@ -320,10 +342,59 @@ mod tests {
     fn learn_appends_a_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/known_hosts");
-        assert_eq!(learn(&path, "h", 2200, &key(ED)).unwrap(), 1);
+        assert_eq!(learn(&path, "h", 2200, &key(ED), false).unwrap(), 1);
         std::fs::write(&path, format!("{}no-newline", std::fs::read_to_string(&path).unwrap())).unwrap();
-        assert_eq!(learn(&path, "h2", 22, &key(ED2)).unwrap(), 3);
+        assert_eq!(learn(&path, "h2", 22, &key(ED2), false).unwrap(), 3);
         assert_eq!(check(&path, "h", 2200, &key(ED)).unwrap(), Verdict::Known { line: 1 });
         assert_eq!(check(&path, "h2", 22, &key(ED2)).unwrap(), Verdict::Known { line: 3 });
+    }
+
+    /// A hashed line we write is found by OpenSSH (`ssh-keygen -F`) and by
+    /// our reader, under port 22 and `[host]:port`; the name is not in the file.
+    #[test]
+    fn hashed_lines_are_read_by_openssh_and_by_us() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        assert_eq!(learn(&path, "target.example", 22, &key(ED), true).unwrap(), 1);
+        assert_eq!(learn(&path, "10.0.0.7", 2222, &key(ED2), true).unwrap(), 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("target.example") && !text.contains("10.0.0.7"), "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.iter().all(|l| l.starts_with("|1|")), "{text}");
+        assert_ne!(lines[0].split('|').nth(2), lines[1].split('|').nth(2), "a salt per entry");
+        assert_eq!(check(&path, "target.example", 22, &key(ED)).unwrap(), Verdict::Known { line: 1 });
+        assert_eq!(check(&path, "10.0.0.7", 2222, &key(ED2)).unwrap(), Verdict::Known { line: 2 });
+        assert_eq!(check(&path, "10.0.0.7", 22, &key(ED2)).unwrap(), Verdict::Unknown);
+
+        for (name, line) in [("target.example", 1), ("[10.0.0.7]:2222", 2)] {
+            let out = match std::process::Command::new("ssh-keygen").arg("-F").arg(name).arg("-f").arg(&path).output() {
+                Ok(out) => out,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os("CI").is_none() => {
+                    eprintln!("skipped the OpenSSH half: ssh-keygen is not installed");
+                    return;
+                }
+                Err(e) => panic!("cannot run ssh-keygen: {e}"),
+            };
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "ssh-keygen -F {name}: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+            assert!(stdout.contains(&format!("found: line {line}")), "{stdout}");
+            assert!(stdout.contains(lines[line - 1]), "{stdout}");
+        }
+        let out =
+            std::process::Command::new("ssh-keygen").args(["-F", "other.example", "-f"]).arg(&path).output().unwrap();
+        assert!(!out.status.success(), "ssh-keygen found an entry for a host never recorded");
+    }
+
+    #[test]
+    fn hash_known_hosts_is_read_from_the_config() {
+        let spec = crate::config::TargetSpec { host: "t".into(), ..Default::default() };
+        assert!(crate::config::resolve_builtin_text(&spec, "Host *\n  HashKnownHosts yes\n").hash_known_hosts);
+        assert!(
+            !crate::config::resolve_builtin_text(&spec, "Host t\n HashKnownHosts no\nHost *\n HashKnownHosts yes\n")
+                .hash_known_hosts
+        );
+        assert!(!crate::config::resolve_builtin_text(&spec, "").hash_known_hosts);
+        assert!(crate::config::parse_ssh_g("hostname t\nhashknownhosts yes\n", "t").hash_known_hosts);
+        assert!(!crate::config::parse_ssh_g("hostname t\nhashknownhosts no\n", "t").hash_known_hosts);
     }
 }

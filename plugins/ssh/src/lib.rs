@@ -90,6 +90,7 @@ pub fn plan(spec: &ConnectSpec) -> Result<(Vec<session::HopSpec>, BTreeMap<Strin
         explicit_identity: explicit_identity.clone(),
         known_hosts: known_hosts_for(r),
         accept_new_host_key: spec.accept_new_host_key,
+        hash_known_hosts: r.hash_known_hosts,
         connect_timeout,
         keepalive,
     };

@@ -32,6 +32,8 @@ pub struct HopSpec {
     pub explicit_identity: Option<PathBuf>,
     pub known_hosts: PathBuf,
     pub accept_new_host_key: bool,
+    /// Record a newly accepted key hashed (`HashKnownHosts yes`).
+    pub hash_known_hosts: bool,
     pub connect_timeout: Duration,
     pub keepalive: Duration,
 }
@@ -120,7 +122,7 @@ impl client::Handler for ClientHandler {
         match verdict {
             Verdict::Known { .. } => Ok(true),
             Verdict::Unknown if s.accept_new_host_key => {
-                match known_hosts::learn(&s.known_hosts, &s.host, s.port, &key) {
+                match known_hosts::learn(&s.known_hosts, &s.host, s.port, &key, s.hash_known_hosts) {
                     Ok(line) => {
                         lock(&self.shared.facts).learned_line = Some(line);
                         Ok(true)
