@@ -165,7 +165,9 @@ pub fn purge(dir: &Path) -> anyhow::Result<usize> {
 
 fn file_writer(dir: &Path) -> Option<(tracing_appender::non_blocking::NonBlocking, WorkerGuard)> {
     if let Err(e) = make_private(dir) {
-        eprintln!("warning: not writing a log file: cannot make {} private: {e}", dir.display());
+        use std::io::Write as _;
+        let _ =
+            writeln!(std::io::stderr(), "warning: not writing a log file: cannot make {} private: {e}", dir.display());
         return None;
     }
     let appender = tracing_appender::rolling::Builder::new()

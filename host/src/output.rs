@@ -93,6 +93,12 @@ impl Printer {
         }
     }
 
+    /// Diagnostics text to stderr as it is (redacted; even with `-q`: a
+    /// failure's diagnostics are never hidden).
+    pub fn raw_stderr(&self, text: &str) {
+        say(format_args!("{}", redact::apply(text)));
+    }
+
     /// Writes data to stdout (a broken pipe is not an error).
     pub fn data(&self, text: &str) {
         let mut out = std::io::stdout().lock();

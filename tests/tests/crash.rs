@@ -9,13 +9,16 @@
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
-use cultivate_e2e::deploy::{Project, ProjectOptions, SharedEngine};
+use cultivate_e2e::deploy::{app_copy, random_hex, Project, ProjectOptions, SharedEngine};
 
 /// Name of this file's shared `engine` target.
 const ENGINE: &str = "crash-e2e";
 
 /// Every test that takes it (see [`SharedEngine::take`]).
-const ENGINE_USERS: &[&str] = &["sigkilled_deploy_leaves_a_lock_the_next_deploy_heals"];
+const ENGINE_USERS: &[&str] = &[
+    "sigkilled_deploy_leaves_a_lock_the_next_deploy_heals",
+    "sigterm_stops_at_a_safe_point_and_a_closed_pipe_does_not",
+];
 
 /// The stage line to kill at: after it the release directory exists with a
 /// `pending` record and `current` does not name it — the half-made state a
@@ -86,4 +89,77 @@ fn sigkilled_deploy_leaves_a_lock_the_next_deploy_heals() {
 
 fn kill9(pid: u32) -> i32 {
     std::process::Command::new("kill").args(["-9", &pid.to_string()]).status().map_or(-1, |s| s.code().unwrap_or(-1))
+}
+
+/// A changed backend, so that the deploy builds and sends something.
+fn changed_backend(p: &Project, dir: &str, edition: &str) -> std::path::PathBuf {
+    let parent = p.dir.path().join(dir);
+    std::fs::create_dir_all(&parent).expect("dir");
+    app_copy(&parent, |s| {
+        s.replace(
+            "secretConfigured: Boolean(process.env.APP_SECRET),",
+            &format!("secretConfigured: Boolean(process.env.APP_SECRET),\n        edition: '{edition}',"),
+        )
+    })
+}
+
+fn edition(p: &Project) -> serde_json::Value {
+    let body = p.get("/api/info").expect("GET /api/info");
+    serde_json::from_str::<serde_json::Value>(&body).expect("JSON")["edition"].clone()
+}
+
+/// SIGTERM while images are sent: the deploy stops at the next safe point,
+/// releases the lock, removes the half-made release, says what it left and
+/// exits 143; the previous release keeps serving. Then a deploy whose
+/// stdout and stderr are closed early (`cultivate deploy -v | head`) still
+/// runs to the end, and its deploy log on the target is complete.
+#[test]
+fn sigterm_stops_at_a_safe_point_and_a_closed_pipe_does_not() {
+    let Some(engine) = SharedEngine::take(ENGINE, ENGINE_USERS) else { return };
+    let mut p = Project::new("sigterm", 20195, engine.via(), ProjectOptions::default());
+    p.deploy(&["--release-version", "r1"]).expect_code(0);
+
+    let ed = format!("t-{}", random_hex(3));
+    p.set_app_dir(&changed_backend(&p, "t", &ed));
+    let mut child = p.spawn(&["deploy", "--release-version", "r2"]);
+    let pid = child.id();
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap_or_default();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.starts_with("==> sending images") || line.starts_with("==> uploading configuration") {
+            let ok = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().expect("kill");
+            assert!(ok.success());
+            break;
+        }
+    }
+    for line in lines {
+        seen.push_str(&line.unwrap_or_default());
+        seen.push('\n');
+    }
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(143), "exit status after SIGTERM:\n{seen}");
+    assert!(seen.contains("interrupted by SIGTERM"), "{seen}");
+    assert!(seen.contains("release r1 is still serving"), "{seen}");
+    assert!(p.via.sh(&format!("test ! -e {}/.lock", p.deploy_path)).is_ok(), "the lock was left:\n{seen}");
+    assert!(p.via.sh(&format!("test ! -e {}/releases/r2", p.deploy_path)).is_ok(), "r2 was left:\n{seen}");
+    assert_eq!(p.current_release().expect("current"), "r1");
+    assert_eq!(edition(&p), serde_json::Value::Null, "r2's backend serves");
+
+    // Output closed early: nothing of it is read after the first lines.
+    let mut child = p.spawn(&["deploy", "-v", "--release-version", "r3"]);
+    let stderr = child.stderr.take().expect("piped stderr");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let first: Vec<String> = BufReader::new(stderr).lines().take(2).map(|l| l.unwrap_or_default()).collect();
+    drop(stdout);
+    assert_eq!(first.len(), 2, "{first:?}");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0), "a deploy with closed output did not finish");
+    assert_eq!(p.current_release().expect("current"), "r3");
+    assert_eq!(edition(&p), ed.as_str());
+    let log = p.via.sh(&format!("cat {}/logs/deploy-r3.log", p.deploy_path)).expect("deploy log");
+    assert!(log.contains("release r3 is healthy and current"), "the deploy log is incomplete:\n{log}");
 }

@@ -85,6 +85,10 @@ pub fn run(settings: &Settings, printer: &Printer) -> Result<DeployReport> {
     ctx.lock(&format!("deploy of {version}"))?;
     ctx.timings.record(Stage::Lock, start);
     let result = deploy_locked(&mut ctx, &version, &secrets);
+    let result = match result {
+        Err(e) if crate::interrupt::received().is_some() => Err(interrupted(&mut ctx, &version, e)),
+        other => other,
+    };
     let log_name = format!("deploy-{version}.log");
     match &result {
         Ok(r) if r.outcome == "unchanged" => {}
@@ -106,6 +110,29 @@ pub fn run(settings: &Settings, printer: &Printer) -> Result<DeployReport> {
     }
     tracing::info!("deploy timings: {}", ctx.timings.summary());
     Ok(report)
+}
+
+/// After a signal: the new release's directory goes unless it became
+/// current; the error says what was left, with the signal's exit code.
+fn interrupted(ctx: &mut Ctx<'_>, version: &str, cause: anyhow::Error) -> anyhow::Error {
+    let Some(signal) = crate::interrupt::received() else { return cause };
+    let current = ctx.current_version().ok().flatten();
+    let mut left = Vec::new();
+    if current.as_deref() != Some(version) {
+        let dir = ctx.layout.release(version);
+        match ctx.session.run(&ExecRequest::new(["rm", "-rf", &dir])) {
+            Ok(o) if o.success() => left.push(format!("release {version} was removed")),
+            _ => left.push(format!("{dir} may be left behind (the next deploy removes it)")),
+        }
+    }
+    left.push(match &current {
+        Some(c) => format!("release {c} is still serving"),
+        None => "nothing was deployed before".to_string(),
+    });
+    let code = crate::interrupt::code_for(signal);
+    let message = format!("{}: {}", crate::interrupt::Interrupted(signal), left.join("; "));
+    tracing::info!("interrupted: {cause:#}");
+    UserError::new(code, message).into()
 }
 
 fn plan(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, String>) -> Result<DeployReport> {
@@ -273,8 +300,11 @@ fn deploy_locked(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, St
     }
 
     // Build.
+    let what = format!("deploy of {version}");
+    ctx.checkpoint(&what)?;
     ctx.status(&format!("building release {version}"));
     let images = build_images(ctx, version)?;
+    ctx.checkpoint(&what)?;
 
     // Configuration and fingerprint: nothing changed means nothing to do.
     let (desired, site) = desired_images(&images, current_record.as_ref());
@@ -321,6 +351,7 @@ fn deploy_locked(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, St
     let bytes_sent = transfers.iter().map(|t| t.bytes_sent).sum();
 
     // Configuration to the target (P22).
+    ctx.checkpoint(&what)?;
     ctx.status(&format!("uploading configuration to {}", ctx.layout.release(version)));
     let start = std::time::Instant::now();
     upload_config(ctx, version, &files)?;
@@ -340,9 +371,12 @@ fn deploy_locked(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, St
         ]),
         secret_keys: Some(secrets.keys().cloned().collect()),
     };
-    ctx.write_record(&record)?;
     let stack = ctx.stack_ref(version);
     ctx.stack_op::<ops::StackConfig>(&stack).context("the compose file or .env of the new release is not valid")?;
+    // Last safe point before the stack moves; from here on an interrupt is a
+    // failure: the stack goes back to the previous release.
+    ctx.checkpoint(&what)?;
+    ctx.write_record(&record)?;
 
     // Start and health (P23); rollback on failure (P24).
     ctx.status(&format!("starting release {version}"));
@@ -389,7 +423,7 @@ fn deploy_locked(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, St
 /// downtime when the stack plugin can, else the whole stack recreated.
 pub fn start_release(ctx: &mut Ctx<'_>, version: &str, record: &ReleaseRecord) -> Result<Vec<ServicePlan>> {
     if switch::supported(ctx) {
-        return switch::converge(ctx, version, record, true);
+        return switch::converge(ctx, version, record, true, true);
     }
     ctx.warn(&format!(
         "{} {} cannot switch services without downtime (it lacks {}): recreating the whole stack",
@@ -551,6 +585,7 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
     let docker = rt.block_on(build::local_engine())?;
     let mut stats = Vec::new();
     for image in images {
+        ctx.checkpoint("deploy: sending images")?;
         let present = ctx.images_op::<ops::ImageInspect>(&ImageRefs { refs: vec![image.id.clone()] })?;
         // Tagged by ID: the image another project (sharing the target and
         // the content) had may be removed between the look and the tag; then
@@ -790,7 +825,7 @@ fn fail_and_roll_back(
     ctx.printer.warn(&format!("release {version} failed: {reason}"));
     let diag = ctx.diagnostics(version);
     ctx.log.record("ERROR", &format!("release {version} failed: {reason}\n{diag}"));
-    eprintln!("{}", diag.trim_end());
+    ctx.printer.raw_stderr(diag.trim_end());
     let Some(previous) = previous else {
         let _ = ctx.stack_op::<ops::StackDown>(&ops::StackDownRequest {
             stack: ctx.stack_ref(version),

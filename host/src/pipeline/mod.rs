@@ -310,9 +310,15 @@ impl<'a> Ctx<'a> {
         crate::interrupt::check().inspect_err(|_| self.unlock())
     }
 
+    /// A safe point between stages: stops here when a signal came
+    /// ([`crate::interrupt`]) and renews this run's lease on the lock.
+    pub fn checkpoint(&self, what: &str) -> Result<()> {
+        crate::interrupt::check()?;
+        self.renew_lock(what);
+        Ok(())
+    }
+
     /// Renews this run's lease on the lock; called at each stage (see [`lock`]).
-    // Called from deploy.rs's stages once the issue-12 rewrite wires it in.
-    #[allow(dead_code)]
     pub fn renew_lock(&self, what: &str) {
         if let Err(e) = lock::renew(&self.session, &self.layout, what) {
             tracing::warn!("could not renew the lock {}: {e:#}", self.layout.lock());

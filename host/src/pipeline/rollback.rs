@@ -20,7 +20,7 @@ pub fn start_and_verify(ctx: &mut Ctx<'_>, version: &str) -> Result<()> {
     let record = ctx.read_record(version)?;
     let result = match record {
         Some(record) if super::switch::supported(ctx) => {
-            super::switch::converge(ctx, version, &record, true).map(|_| ())
+            super::switch::converge(ctx, version, &record, true, false).map(|_| ())
         }
         _ => legacy_start(ctx, version),
     };
@@ -33,7 +33,7 @@ pub fn start_and_verify(ctx: &mut Ctx<'_>, version: &str) -> Result<()> {
         Err(e) => {
             let diag = ctx.diagnostics(version);
             ctx.log.record("ERROR", &format!("release {version} is not healthy: {e:#}\n{diag}"));
-            eprintln!("{}", diag.trim_end());
+            ctx.printer.raw_stderr(diag.trim_end());
             bail!("release {version} is not healthy: {e:#}")
         }
     }

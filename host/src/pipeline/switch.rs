@@ -472,7 +472,17 @@ fn sync_certs(ctx: &Ctx<'_>, version: &str) -> Result<bool> {
 
 /// Moves the running stack to `version` (its record is `record`), service by
 /// service; prints the plan first when `announce`. Returns the plan as carried out.
-pub fn converge(ctx: &mut Ctx<'_>, version: &str, record: &ReleaseRecord, announce: bool) -> Result<Vec<ServicePlan>> {
+///
+/// `interruptible`: a signal stops it between services (a deploy, which
+/// then rolls back); a rollback or repair runs to the end.
+pub fn converge(
+    ctx: &mut Ctx<'_>,
+    version: &str,
+    record: &ReleaseRecord,
+    announce: bool,
+    interruptible: bool,
+) -> Result<Vec<ServicePlan>> {
+    let safe_point = |ctx: &Ctx<'_>| if interruptible { ctx.checkpoint("switching services") } else { Ok(()) };
     let stack = ctx.stack_ref(version);
     let hashes = ctx
         .stack_op::<ops::StackServiceHashes>(&stack)
@@ -504,7 +514,9 @@ pub fn converge(ctx: &mut Ctx<'_>, version: &str, record: &ReleaseRecord, announ
     }
 
     // Backend: behind the edge.
+    safe_point(ctx)?;
     switch_backend(ctx, &stack, record, hashes.get("backend"))?;
+    safe_point(ctx)?;
 
     // Site and certificate: in place.
     let site_moved = switch_site(ctx, record)?;
