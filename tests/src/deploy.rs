@@ -424,7 +424,14 @@ impl Drop for Project {
 /// Runs the binary with `args`, `CULTIVATE_LOG_DIR=log_dir`, in `cwd`, with
 /// no other `CULTIVATE_*` variable and no `RUST_LOG`.
 pub fn run_binary(args: &[String], log_dir: &Path, cwd: &Path) -> Run {
-    let mut cmd = Command::new(binary());
+    run_binary_with(&binary(), args, log_dir, cwd, &[])
+}
+
+/// [`run_binary`] with another binary and extra environment variables
+/// (`CULTIVATE_PLUGIN_PATH`, say), which are set after the test's own
+/// `CULTIVATE_*` variables are removed.
+pub fn run_binary_with(bin: &Path, args: &[String], log_dir: &Path, cwd: &Path, env: &[(&str, &Path)]) -> Run {
+    let mut cmd = Command::new(bin);
     cmd.args(args).current_dir(cwd).stdin(Stdio::null());
     for (k, _) in std::env::vars() {
         if k.starts_with("CULTIVATE_") || k == "RUST_LOG" {
@@ -432,8 +439,11 @@ pub fn run_binary(args: &[String], log_dir: &Path, cwd: &Path) -> Run {
         }
     }
     cmd.env("CULTIVATE_LOG_DIR", log_dir).env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     let start = Instant::now();
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {}: {e}", binary().display()));
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
     let run = Run {
         args: args.to_vec(),
         code: out.status.code().unwrap_or(-1),

@@ -9,10 +9,10 @@
 //! with release builds and writes the table.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
-use cultivate_e2e::deploy::{app_copy, random_hex, Project, ProjectOptions, Run, Via};
+use cultivate_e2e::deploy::{app_copy, random_hex, run_binary_with, Project, ProjectOptions, Run, Via};
 use cultivate_e2e::load::{Load, Report};
 use cultivate_e2e::prereq;
 use cultivate_e2e::testenv::{Kind, Target};
@@ -21,25 +21,9 @@ const RATE: u32 = 25;
 
 /// Runs `bin -c CONFIG args` for `p` (like `Project::run`, another binary).
 fn run_with(bin: &Path, p: &Project, args: &[&str]) -> Run {
-    let mut cmd = Command::new(bin);
-    cmd.arg("-c").arg(&p.config).args(args).current_dir(p.dir.path()).stdin(Stdio::null());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CULTIVATE_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("CULTIVATE_LOG_DIR", &p.log_dir).env("NO_COLOR", "1");
-    let start = Instant::now();
-    let out = cmd.output().expect("running cultivate");
-    let run = Run {
-        args: args.iter().map(|s| s.to_string()).collect(),
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        elapsed: start.elapsed(),
-    };
-    eprintln!("$ {} {} -> exit {} in {:.1}s", bin.display(), args.join(" "), run.code, run.elapsed.as_secs_f64());
-    run
+    let mut all: Vec<String> = vec!["-c".into(), p.config.display().to_string()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    run_binary_with(bin, &all, &p.log_dir, p.dir.path(), &[])
 }
 
 /// Runs `op` under load; returns the load's report and what `op` returned.

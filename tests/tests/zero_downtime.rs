@@ -16,7 +16,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cultivate_e2e::deploy::{app_copy, binary, engine_can_exec, random_hex, Project, ProjectOptions, Run, Via};
+use cultivate_e2e::deploy::{
+    app_copy, binary, engine_can_exec, random_hex, run_binary_with, Project, ProjectOptions, Run, Via,
+};
 use cultivate_e2e::load::{Load, Report};
 use cultivate_e2e::prereq;
 use cultivate_e2e::testenv::{self, Kind, Target};
@@ -302,31 +304,9 @@ fn killed_during_the_switch_status_repairs() {
 
 /// Runs the binary for `p` with `CULTIVATE_PLUGIN_PATH=plugins` (first in the search path).
 fn run_with_plugins(p: &Project, plugins: &std::path::Path, args: &[&str]) -> Run {
-    let mut cmd = Command::new(binary());
-    cmd.arg("-c").arg(&p.config).args(args).current_dir(p.dir.path()).stdin(Stdio::null());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("CULTIVATE_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("CULTIVATE_LOG_DIR", &p.log_dir).env("NO_COLOR", "1").env("CULTIVATE_PLUGIN_PATH", plugins);
-    let start = Instant::now();
-    let out = cmd.output().expect("running cultivate");
-    let run = Run {
-        args: args.iter().map(|s| s.to_string()).collect(),
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        elapsed: start.elapsed(),
-    };
-    eprintln!(
-        "$ cultivate {} -> exit {} in {:.1}s\n{}",
-        args.join(" "),
-        run.code,
-        run.elapsed.as_secs_f64(),
-        run.stderr
-    );
-    run
+    let mut all: Vec<String> = vec!["-c".into(), p.config.display().to_string()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    run_binary_with(&binary(), &all, &p.log_dir, p.dir.path(), &[("CULTIVATE_PLUGIN_PATH", plugins)])
 }
 
 /// A stack plugin built against plugin API 1.0 (no zero-downtime

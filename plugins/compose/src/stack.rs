@@ -80,16 +80,29 @@ impl Compose {
     /// up` has neither `--force-recreate` nor `-t`: see [`Compose::up`].
     pub fn up_request(&self, req: &StackUpRequest) -> Result<ExecRequest, PluginError> {
         let mut args = vec!["up".to_string(), "-d".into(), "--remove-orphans".into()];
-        let finch = self.dialect == Dialect::Finch;
-        if req.force_recreate && !finch {
+        self.push_recreate_flags(&mut args, req.force_recreate, req.timeout_secs);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.request(&req.stack, &refs)
+    }
+
+    /// `[--force-recreate] [-t N]` of `up`; `finch compose up` has neither.
+    fn push_recreate_flags(&self, args: &mut Vec<String>, force_recreate: bool, timeout_secs: Option<u64>) {
+        if self.dialect == Dialect::Finch {
+            return;
+        }
+        if force_recreate {
             args.push("--force-recreate".into());
         }
-        if let (Some(t), false) = (req.timeout_secs, finch) {
+        if let Some(t) = timeout_secs {
             args.push("-t".into());
             args.push(t.to_string());
         }
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.request(&req.stack, &refs)
+    }
+
+    /// Runs `r`; a non-zero exit is an error naming the command.
+    fn run_checked(host: &Host, r: &ExecRequest) -> Result<ExecOutput, PluginError> {
+        let what = r.display();
+        host.exec(r)?.check(&what)
     }
 
     /// The `down` command: `down --remove-orphans`, plus `-v` only when asked.
@@ -107,9 +120,7 @@ impl Compose {
         if req.force_recreate && self.dialect == Dialect::Finch {
             self.down(host, &StackDownRequest { stack: req.stack.clone(), remove_volumes: false })?;
         }
-        let r = self.up_request(req)?;
-        let what = r.display();
-        host.exec(&r)?.check(&what)?;
+        Self::run_checked(host, &self.up_request(req)?)?;
         Ok(Empty {})
     }
 
@@ -269,9 +280,7 @@ impl Compose {
 
     /// Starts one more container of a service beside the running ones.
     pub fn start_beside(&self, host: &Host, req: &StartBesideRequest) -> Result<Empty, PluginError> {
-        let r = self.start_beside_request(req)?;
-        let what = r.display();
-        host.exec(&r)?.check(&what)?;
+        Self::run_checked(host, &self.start_beside_request(req)?)?;
         Ok(Empty {})
     }
 
@@ -282,14 +291,7 @@ impl Compose {
         }
         let mut args = vec!["up".to_string(), "-d".into()];
         args.extend(self.no_deps().map(str::to_string));
-        let finch = self.dialect == Dialect::Finch;
-        if req.force_recreate && !finch {
-            args.push("--force-recreate".into());
-        }
-        if let (Some(t), false) = (req.timeout_secs, finch) {
-            args.push("-t".into());
-            args.push(t.to_string());
-        }
+        self.push_recreate_flags(&mut args, req.force_recreate, req.timeout_secs);
         for s in &req.services {
             check_name("service", s)?;
             args.push(s.clone());
@@ -300,9 +302,7 @@ impl Compose {
 
     /// Brings only the named services to the stack's configuration.
     pub fn up_services(&self, host: &Host, req: &UpServicesRequest) -> Result<Empty, PluginError> {
-        let r = self.up_services_request(req)?;
-        let what = r.display();
-        host.exec(&r)?.check(&what)?;
+        Self::run_checked(host, &self.up_services_request(req)?)?;
         Ok(Empty {})
     }
 
