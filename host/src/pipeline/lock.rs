@@ -322,7 +322,7 @@ pub fn acquire(session: &Session, layout: &Layout, what: &str, warn: &dyn Fn(&st
     let owner = Owner::this_process(what, now());
     let try_mkdir = || -> Result<bool> {
         let out = session.run(&ExecRequest::shell(format!(
-            "mkdir -p {root}/releases {root}/logs && mkdir {l} 2>/dev/null && {write}",
+            "mkdir -p {root}/releases && mkdir -p -m 700 {root}/logs && chmod 700 {root}/logs && mkdir {l} 2>/dev/null && {write}",
             root = q(&layout.root),
             l = q(&lock),
             write = write_owner_cmd(&lock, &owner)?
