@@ -145,8 +145,10 @@ impl Load {
         let started = Instant::now();
         let mut threads = Vec::new();
         let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-        // Two senders, each at half the rate, so one slow answer does not stall the stream.
-        for worker in 0..2u32 {
+        // Several senders, each at its share of the rate, so that a slow
+        // answer on a loaded machine does not hold the stream back.
+        const WORKERS: u32 = 4;
+        for worker in 0..WORKERS {
             let (stop, samples, host) = (stop.clone(), samples.clone(), host.to_string());
             let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
             threads.push(std::thread::spawn(move || {
@@ -157,7 +159,7 @@ impl Load {
                     if now < next {
                         std::thread::sleep(next - now);
                     }
-                    next += interval * 2;
+                    next += interval * WORKERS;
                     let path = &paths[(n as usize) % paths.len()];
                     n += 1;
                     let t0 = Instant::now();
