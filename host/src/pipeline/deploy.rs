@@ -82,11 +82,12 @@ pub fn run(settings: &Settings, printer: &Printer) -> Result<DeployReport> {
         return plan(&mut ctx, &version, &secrets);
     }
     let start = std::time::Instant::now();
-    ctx.lock(&format!("deploy of {version}"))?;
+    ctx.lock(&format!("deploy of {version}")).map_err(|e| super::explain_disk_full(&ctx, e))?;
     ctx.timings.record(Stage::Lock, start);
     let result = deploy_locked(&mut ctx, &version, &secrets);
     let result = match result {
         Err(e) if crate::interrupt::received().is_some() => Err(interrupted(&mut ctx, &version, e)),
+        Err(e) => Err(super::explain_disk_full(&ctx, e)),
         other => other,
     };
     let log_name = format!("deploy-{version}.log");

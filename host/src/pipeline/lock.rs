@@ -322,7 +322,10 @@ pub fn acquire(session: &Session, layout: &Layout, what: &str, warn: &dyn Fn(&st
     let owner = Owner::this_process(what, now());
     let try_mkdir = || -> Result<bool> {
         let out = session.run(&ExecRequest::shell(format!(
-            "mkdir -p {root}/releases && mkdir -p -m 700 {root}/logs && chmod 700 {root}/logs && mkdir {l} 2>/dev/null && {write}",
+            // A lock whose record cannot be written (a full disk) is removed
+            // again: an empty lock would look like an unknown holder's.
+            "mkdir -p {root}/releases && mkdir -p -m 700 {root}/logs && chmod 700 {root}/logs && \
+             mkdir {l} 2>/dev/null && {{ {write} || {{ rc=$?; rm -rf {l}; exit $rc; }}; }}",
             root = q(&layout.root),
             l = q(&lock),
             write = write_owner_cmd(&lock, &owner)?

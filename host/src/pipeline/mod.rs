@@ -408,6 +408,11 @@ pub fn connect<'a>(settings: &'a Settings, printer: &'a Printer, install_deps: b
     );
     let mut probes = timings.time(Stage::Probe, || registry.probe_runtimes(session.host(), &session.info));
     let mut selection = select_runtimes(&probes, settings.runtime.as_deref());
+    if selection.is_err() {
+        if let Some(e) = daemon_down(&probes, &session) {
+            return Err(e.into());
+        }
+    }
     if selection.is_err() && install_deps {
         timings.time(Stage::Dependencies, || install_dependencies(&registry, &session, printer, &mut log))?;
         probes = registry.probe_runtimes(session.host(), &session.info);
@@ -462,6 +467,114 @@ pub fn connect<'a>(settings: &'a Settings, printer: &'a Printer, install_deps: b
     })
 }
 
+/// An error caused by a full filesystem on the target, made to say which:
+/// `df` of the deploy directory and of the engine's data root, with what to
+/// do. Any other error comes back as it is.
+pub fn explain_disk_full(ctx: &Ctx<'_>, err: anyhow::Error) -> anyhow::Error {
+    let text = format!("{err:#}");
+    let lower = text.to_ascii_lowercase();
+    // A full tmpfs makes a shell's printf fail with "I/O error", not ENOSPC:
+    // any failed write may be a full disk, so look when one is likely.
+    let suspect = ["no space left", "i/o error", "cannot create", "write", "did not arrive intact", "load"]
+        .iter()
+        .any(|w| lower.contains(w));
+    if !suspect || matches!(err.downcast_ref::<UserError>(), Some(u) if u.code == Code::Locked) {
+        return err;
+    }
+    let q = cultivate_plugin_api::shell::quote;
+    let df = ctx
+        .session
+        .sh(&format!(
+            "root=$(docker info --format '{{{{.DockerRootDir}}}}' 2>/dev/null); df -P -k {} $root 2>/dev/null; true",
+            q(&ctx.layout.root)
+        ))
+        .map(|o| o.stdout)
+        .unwrap_or_default();
+    let full = full_filesystems(&df);
+    if full.is_empty() && !lower.contains("no space left") {
+        return err;
+    }
+    let filesystems = if full.is_empty() { describe_df(&df) } else { full };
+    let code = crate::error::exit_code(&err);
+    let code = [Code::RolledBack, Code::RollbackFailed].into_iter().find(|c| *c as i32 == code).unwrap_or(Code::Failed);
+    UserError::new(
+        code,
+        format!(
+            "{text}: a filesystem on {} is full ({})",
+            ctx.session.target,
+            if filesystems.is_empty() { "df gave nothing".to_string() } else { filesystems.join("; ") }
+        ),
+    )
+    .hint(
+        "free space there, then deploy again: old images (`docker image prune`), old logs, or fewer \
+         releases kept (`releases_kept`); nothing of this release was made current",
+    )
+    .into()
+}
+
+/// The filesystems of `df -P -k` output with less than 1 MiB free, described.
+pub fn full_filesystems(df: &str) -> Vec<String> {
+    describe_df(df)
+        .into_iter()
+        .filter(|d| {
+            d.rsplit_once(": ")
+                .and_then(|(_, free)| free.trim_end_matches(" KiB free").parse::<u64>().ok())
+                .is_some_and(|kib| kib < 1024)
+        })
+        .collect()
+}
+
+/// `df -P -k` output as `/mnt (tmpfs, 256 KiB): 0 KiB free` per filesystem, each once.
+pub fn describe_df(df: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in df.lines().skip_while(|l| l.starts_with("Filesystem")) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 6 || f[0] == "Filesystem" {
+            continue;
+        }
+        let (size, avail) = (f[1].parse::<u64>().unwrap_or(0), f[3].parse::<u64>().unwrap_or(0));
+        let entry = format!("{} ({}, {} KiB): {} KiB free", f[5], f[0], size, avail);
+        if !out.contains(&entry) {
+            out.push(entry);
+        }
+    }
+    out
+}
+
+/// When Docker is installed but its daemon does not answer: an error that
+/// says so and how to start it (installing would not help).
+fn daemon_down(probes: &[crate::plugins::ProbeResult], session: &Session) -> Option<UserError> {
+    let down = probes.iter().find(|p| {
+        matches!(&p.probe, Ok(probe) if !probe.available
+            && probe.details.get("daemon").is_some_and(|d| d == "unreachable"))
+    })?;
+    Some(
+        UserError::new(
+            Code::RuntimeMissing,
+            format!(
+                "the Docker daemon on {} is not running or not reachable ({}); nothing was changed",
+                session.target,
+                down.reason()
+            ),
+        )
+        .hint(daemon_start_hint(session.info.os_key() == "darwin")),
+    )
+}
+
+/// How to start a stopped Docker daemon, with and without systemd.
+pub fn daemon_start_hint(macos: bool) -> String {
+    if macos {
+        return "start Docker Desktop (or `finch vm start` for Finch), then deploy again".to_string();
+    }
+    [
+        "start it on the target, then deploy again:",
+        "  with systemd:    sudo systemctl start docker    (and `sudo systemctl enable docker` to keep it across reboots)",
+        "  without systemd: sudo service docker start, or sudo dockerd >/var/log/dockerd.log 2>&1 &",
+        "  check:           docker info",
+    ]
+    .join("\n")
+}
+
 fn install_help(registry: &Registry, session: &Session) -> Vec<String> {
     let req = ops::InstallRequest { target: session.info.clone() };
     let mut lines = Vec::new();
@@ -512,4 +625,32 @@ fn install_dependencies(registry: &Registry, session: &Session, printer: &Printe
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod disk_tests {
+    use super::{describe_df, full_filesystems};
+    use proptest::prelude::*;
+
+    #[test]
+    fn df_lines_name_the_mount_and_what_is_free() {
+        let df = "Filesystem     1024-blocks  Used Available Capacity Mounted on\n\
+                  tmpfs                256   256         0     100% /tmp/x/deploy\n\
+                  /dev/vda1      263174212 1 80000000 1% /\n\
+                  tmpfs                256   256         0     100% /tmp/x/deploy\n";
+        assert_eq!(
+            describe_df(df),
+            ["/tmp/x/deploy (tmpfs, 256 KiB): 0 KiB free", "/ (/dev/vda1, 263174212 KiB): 80000000 KiB free"]
+        );
+        assert!(describe_df("").is_empty());
+        assert_eq!(full_filesystems(df), ["/tmp/x/deploy (tmpfs, 256 KiB): 0 KiB free"]);
+    }
+
+    proptest! {
+        #[test]
+        fn df_parsing_never_panics(s in "\\PC{0,200}(\n\\PC{0,80}){0,4}") {
+            let _ = describe_df(&s);
+            let _ = full_filesystems(&s);
+        }
+    }
 }

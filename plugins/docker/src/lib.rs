@@ -192,7 +192,8 @@ pub fn probe_docker(host: &Host) -> Result<Probe, PluginError> {
     let Some(server) = ver.server.clone() else {
         let why = first_line(&res.stderr);
         let why = if why.is_empty() { "the server did not answer" } else { why };
-        let mut p = Probe::unavailable(format!("docker client found but the daemon is not reachable: {why}"));
+        let mut p = Probe::unavailable(format!("docker client found but the daemon is not reachable: {why}"))
+            .with_detail("daemon", "unreachable");
         if let Some(c) = &ver.client {
             p = p.with_detail("client_version", c.clone());
         }
