@@ -199,7 +199,11 @@ pub fn plan(
             }
             _ => good.len() == 1,
         };
-        if live_ok && up.len() == 1 {
+        // A switched service's stopped or crash-looping leftovers (a failed
+        // new container, a run killed mid-switch) are removed by its switch.
+        let leftovers =
+            spec.replace == Replace::Switch && running.iter().any(|s| s.service == name && s.state != "running");
+        if live_ok && up.len() == 1 && !leftovers {
             let site_changed = spec.replace == Replace::Edge
                 && record.site.as_ref().is_some_and(|s| edge.site.as_deref() != Some(site_id(&s.id).as_str()));
             if site_changed {
@@ -209,8 +213,9 @@ pub fn plan(
             }
             continue;
         }
-        let reason = if up.len() > 1 {
-            format!("{} containers running (an interrupted switch): keeping one", up.len())
+        let all = running.iter().filter(|s| s.service == name).count();
+        let reason = if up.len() > 1 || leftovers {
+            format!("{all} containers (an interrupted switch or a failed one): keeping one")
         } else if !up.iter().any(|s| image.is_some_and(|i| s.image_id.as_deref() == Some(i.id.as_str()))) {
             "image changed".to_string()
         } else {
@@ -675,6 +680,18 @@ mod tests {
         let p = plan(&record("d", "b2", "f", "s"), &hashes("h1", "h2x", "h3"), &running, &edge("be1", "s"));
         assert_eq!(p[1].action, Action::Switched);
         assert!(p[1].reason.as_deref().unwrap().contains("2 containers"), "{p:?}");
+        // Killed during a rollback: the failed new backend crash-loops beside the live one.
+        let mut failed = st("backend", "be9", "b9", "h9");
+        failed.state = "restarting".into();
+        let running = vec![
+            st("database", "db1", "d", "h1"),
+            st("backend", "be1", "b", "h2"),
+            failed,
+            st("frontend", "fe1", "f", "h3"),
+        ];
+        let p = plan(&record("d", "b", "f", "s"), &hashes("h1", "h2", "h3"), &running, &edge("be1", "s"));
+        assert_eq!(p[1].action, Action::Switched, "{p:?}");
+        assert_eq!(p[0].action, Action::Unchanged);
     }
 
     #[test]
