@@ -378,6 +378,20 @@ impl Project {
         ])
     }
 
+    /// IDs of the project's containers of `service` on the target: running
+    /// ones (and restarting ones), or all of them with `all`.
+    pub fn containers(&self, service: &str, all: bool) -> Vec<String> {
+        let out = self
+            .via
+            .docker_ok(&format!(
+                "ps -q{} --filter label=com.docker.compose.project={} --filter label=com.docker.compose.service={service}",
+                if all { "a" } else { "" },
+                self.name
+            ))
+            .expect("docker ps on the target");
+        out.split_whitespace().map(str::to_string).collect()
+    }
+
     /// The release `current` names on the target.
     pub fn current_release(&self) -> Result<String> {
         let link = self.via.sh(&format!("readlink {}/current", self.deploy_path))?;

@@ -76,14 +76,7 @@ fn assert_current_serves(p: &Project, what: &str) {
     assert_eq!(status.json()["healthy"], true, "{what}: not healthy\n{}", status.output());
     let greeting = current_greeting(p);
     assert_eq!(info(p)["greeting"], greeting.as_str(), "{what}: what serves is not the current release");
-    let backends = p
-        .via
-        .docker_ok(&format!(
-            "ps -q --filter label=com.docker.compose.project={} --filter label=com.docker.compose.service=backend",
-            p.name
-        ))
-        .expect("docker ps");
-    assert_eq!(backends.split_whitespace().count(), 1, "{what}: not exactly one backend after status");
+    assert_eq!(p.containers("backend", false).len(), 1, "{what}: not exactly one backend after status");
 }
 
 /// The tool SIGKILLed at each stage of a deploy in turn (and of the

@@ -34,14 +34,7 @@ fn ready(kind: Kind) -> bool {
 
 /// `ID STARTED_AT` of the project's running container of `service`.
 fn identity(p: &Project, service: &str) -> String {
-    let ids = p
-        .via
-        .docker_ok(&format!(
-            "ps -q --filter label=com.docker.compose.project={} --filter label=com.docker.compose.service={service}",
-            p.name
-        ))
-        .expect("docker ps");
-    let ids: Vec<&str> = ids.split_whitespace().collect();
+    let ids = p.containers(service, false);
     assert_eq!(ids.len(), 1, "expected one running {service} container, found {ids:?}");
     p.via
         .docker_ok(&format!("inspect -f '{{{{.Id}}}} {{{{.State.StartedAt}}}}' {}", ids[0]))
@@ -192,14 +185,7 @@ fn five_switches(mut p: Project) {
     assert_eq!(identity(&p, "database"), db, "(d) touched the database container");
     assert_eq!(identity(&p, "frontend"), fe, "(d) touched the frontend container");
     assert!(p.get("/api/notes").expect("notes").contains(&note), "the note written first is gone");
-    let backends = p
-        .via
-        .docker_ok(&format!(
-            "ps -aq --filter label=com.docker.compose.project={} --filter label=com.docker.compose.service=backend",
-            p.name
-        ))
-        .expect("docker ps");
-    assert_eq!(backends.split_whitespace().count(), 1, "the failed backend container was not removed");
+    assert_eq!(p.containers("backend", true).len(), 1, "the failed backend container was not removed");
 }
 
 #[test]
@@ -284,14 +270,7 @@ fn killed_during_the_switch_status_repairs() {
         status.output()
     );
     assert_eq!(v["healthy"], true, "{}", status.output());
-    let backends = p
-        .via
-        .docker_ok(&format!(
-            "ps -q --filter label=com.docker.compose.project={} --filter label=com.docker.compose.service=backend",
-            p.name
-        ))
-        .expect("docker ps");
-    assert_eq!(backends.split_whitespace().count(), 1, "still two backends after the repair");
+    assert_eq!(p.containers("backend", false).len(), 1, "still two backends after the repair");
     assert_ne!(info(&p)["edition"], edition.as_str(), "the uncommitted backend serves");
     assert_eq!(identity(&p, "database"), db);
 
