@@ -315,7 +315,7 @@ fn pem_blocks(data: &[u8]) -> Result<Vec<pem::Pem>, String> {
     if std::str::from_utf8(data).is_err() {
         // The usual mistake is a DER file where PEM belongs.
         return Err(if X509Certificate::from_der(data).is_ok() {
-            "a DER certificate, not PEM text".to_string()
+            "binary data, probably DER (it reads as a DER certificate)".to_string()
         } else if data.first() == Some(&0x30) {
             "binary data, probably DER".to_string()
         } else {
