@@ -387,10 +387,11 @@ impl Compose {
 
 /// The fields of `inspect` the pipeline uses, one JSON object per container.
 /// Never `.Config.Env`: it holds the release's secrets.
+/// `.State` whole: its `Health` key exists only for containers with a health
+/// check, and Docker's templates fail on a missing key (`index` does not).
 pub const INSPECT_TEMPLATE: &str = concat!(
-    r#"{"id":{{json .Id}},"name":{{json .Name}},"status":{{json .State.Status}},"#,
-    r#""exit_code":{{json .State.ExitCode}},"started_at":{{json .State.StartedAt}},"#,
-    r#""health":{{json .State.Health}},"image_id":{{json .Image}},"image":{{json .Config.Image}},"#,
+    r#"{"id":{{json .Id}},"name":{{json .Name}},"state":{{json .State}},"#,
+    r#""image_id":{{json .Image}},"image":{{json .Config.Image}},"#,
     r#""service":{{json (index .Config.Labels "com.docker.compose.service")}},"#,
     r#""config_hash":{{json (index .Config.Labels "com.docker.compose.config-hash")}}}"#
 );
@@ -419,8 +420,10 @@ pub fn parse_inspect_lines(stdout: &str) -> Result<Vec<ServiceState>, PluginErro
                 line.chars().take(200).collect::<String>()
             ))
         })?;
-        let status = str_field(&v, &["status"]).unwrap_or("").to_ascii_lowercase();
-        let health_obj = v.get("health").filter(|h| h.is_object());
+        let null = Value::Null;
+        let state = v.get("state").filter(|s| s.is_object()).unwrap_or(&null);
+        let status = str_field(state, &["Status"]).unwrap_or("").to_ascii_lowercase();
+        let health_obj = state.get("Health").filter(|h| h.is_object());
         let health = health_obj.and_then(|h| str_field(h, &["Status"])).map(str::to_ascii_lowercase);
         let last = health_obj.and_then(|h| h.get("Log")).and_then(Value::as_array).and_then(|l| l.last());
         let health_log = last
@@ -432,7 +435,7 @@ pub fn parse_inspect_lines(stdout: &str) -> Result<Vec<ServiceState>, PluginErro
         out.push(ServiceState {
             service: str_field(&v, &["service"]).unwrap_or(&name).to_string(),
             container: if name.is_empty() { id.clone().unwrap_or_default() } else { name },
-            exit_code: if exited { int_field(&v, "exit_code").map(|c| c as i32) } else { None },
+            exit_code: if exited { int_field(state, "ExitCode").map(|c| c as i32) } else { None },
             state: status,
             health,
             image: str_field(&v, &["image"]).unwrap_or("").to_string(),
@@ -440,7 +443,7 @@ pub fn parse_inspect_lines(stdout: &str) -> Result<Vec<ServiceState>, PluginErro
             id,
             image_id: str_field(&v, &["image_id"]).map(str::to_string),
             config_hash: str_field(&v, &["config_hash"]).map(str::to_string),
-            started_at: str_field(&v, &["started_at"]).map(str::to_string),
+            started_at: str_field(state, &["StartedAt"]).map(str::to_string),
         });
     }
     Ok(out)

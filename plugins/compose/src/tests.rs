@@ -35,9 +35,7 @@ fn as_template_output(full: &str) -> String {
     for v in arr.as_array().unwrap() {
         let labels = &v["Config"]["Labels"];
         let line = serde_json::json!({
-            "id": v["Id"], "name": v["Name"], "status": v["State"]["Status"],
-            "exit_code": v["State"]["ExitCode"], "started_at": v["State"]["StartedAt"],
-            "health": v["State"].get("Health").cloned().unwrap_or(serde_json::Value::Null),
+            "id": v["Id"], "name": v["Name"], "state": v["State"],
             "image_id": v["Image"], "image": v["Config"]["Image"],
             "service": labels.get("com.docker.compose.service").cloned().unwrap_or("".into()),
             "config_hash": labels.get("com.docker.compose.config-hash").cloned().unwrap_or("".into()),
@@ -390,7 +388,7 @@ fn ps_v2_lists_stopped_containers_too_and_inspects_them_all() {
 
 #[test]
 fn inspect_lines_parse_and_reject_garbage() {
-    let line = r#"{"id":"5d2e","name":"/p-backend-2","status":"restarting","exit_code":3,"started_at":"2026-11-29T00:00:00Z","health":{"Status":"unhealthy","Log":[{"ExitCode":1,"Output":"down\n"}]},"image_id":"sha256:ab","image":"p-backend:v2","service":"backend","config_hash":"cafe"}"#;
+    let line = r#"{"id":"5d2e","name":"/p-backend-2","state":{"Status":"restarting","ExitCode":3,"StartedAt":"2026-11-29T00:00:00Z","Health":{"Status":"unhealthy","Log":[{"ExitCode":1,"Output":"down\n"}]}},"image_id":"sha256:ab","image":"p-backend:v2","service":"backend","config_hash":"cafe"}"#;
     let s = stack::parse_inspect_lines(line).unwrap();
     assert_eq!(s[0].container, "p-backend-2");
     assert_eq!(s[0].exit_code, Some(3), "a restarting container's last exit code is kept");

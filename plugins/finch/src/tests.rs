@@ -216,7 +216,7 @@ fn forced_recreate_is_down_then_up_keeping_volumes() {
 #[test]
 fn ps_parses_v2_shaped_json_and_inspects_the_containers_with_finch() {
     let ps = r#"[{"ID":"1","Name":"cultivate-backend-1","Image":"cultivate-backend:1","Project":"cultivate","Service":"backend","State":"running","Health":"unhealthy","ExitCode":0}]"#;
-    let inspect = r#"{"id":"1","name":"cultivate-backend-1","status":"running","health":{"Status":"unhealthy","Log":[{"ExitCode":1,"Output":"refused"}]},"image":"cultivate-backend:1","service":"backend"}"#;
+    let inspect = r#"{"id":"1","name":"cultivate-backend-1","state":{"Status":"running","Health":{"Status":"unhealthy","Log":[{"ExitCode":1,"Output":"refused"}]}},"image":"cultivate-backend:1","service":"backend"}"#;
     let fake = mac_host("Running").ok("cd ", ps).ok(&format!("{FINCH} inspect"), inspect);
     let states = call::<ops::StackPs>(&fake, &stack()).unwrap();
     assert_eq!(states.len(), 1);
