@@ -246,8 +246,14 @@ fn killed_during_the_switch_status_repairs() {
         seen.push_str(&line);
         seen.push('\n');
         if line.contains("starting the new container beside") {
-            // Let compose create it, then kill the tool in the middle of the switch.
-            std::thread::sleep(Duration::from_millis(1500));
+            // Once compose has created the second backend (the tool's death
+            // would otherwise take the remote compose command with it before
+            // it did), kill the tool in the middle of the switch.
+            let waited = Instant::now();
+            while p.containers("backend", true).len() < 2 {
+                assert!(waited.elapsed() < Duration::from_secs(120), "no second backend appeared:\n{seen}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(300), "the deploy never reached the switch:\n{seen}");
