@@ -40,10 +40,20 @@ cargo build --workspace --quiet
 scripts/testenv.sh down-all >/dev/null 2>&1 || true
 trap 'scripts/testenv.sh down-all >/dev/null 2>&1 || true' EXIT
 
-say "cargo test"
 if [ "$#" -gt 0 ]; then
+    say "cargo test $*"
     cargo test "$@"
 else
-    cargo test --workspace -- --test-threads=2
+    say "cargo test: unit, property and plugin tests"
+    cargo test --workspace --exclude cultivate-e2e -- --test-threads=2
+    cargo test -p cultivate-e2e --lib -- --test-threads=2
+
+    # The end-to-end files run side by side; without this their first deploys
+    # would each build the same Debian layers at the same time.
+    say "warming the image build cache (docker/build-images.sh)"
+    docker/build-images.sh ci-warm
+
+    say "end-to-end test files, ${E2E_JOBS:-3} at a time (logs in target/e2e-logs)"
+    scripts/e2e-parallel.sh
 fi
 say "all tests passed in $(( $(date +%s) - start ))s"
