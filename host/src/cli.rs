@@ -10,6 +10,12 @@ Examples:
   cultivate deploy --target local           deploy to this machine's engine
   cultivate deploy --target ssh://deploy@example.org --identity ~/.ssh/id_ed25519
   cultivate rollback                        go back to the previous release
+  cultivate logs -f backend                 follow the backend's logs (Ctrl-C ends)
+  cultivate exec database --user apiuser -- psql -d cultivate
+                                            a database console as the application's role
+  cultivate exec backend -- node -e 'console.log(process.version)'
+  cultivate stop / cultivate start          stop the stack, start it again (data kept)
+  cultivate remove                          take the deployment off the target (data kept)
   cultivate plugins list --target local     which runtimes would be used here
 
 Exit codes:
@@ -91,8 +97,16 @@ pub enum Command {
     Releases(TargetArgs),
     /// Show the running release and each container's health
     Status(TargetArgs),
-    /// Show the logs of the stack's services
+    /// Show (or follow, with -f) the logs of the stack's services
     Logs(LogsArgs),
+    /// Run a command in a service's running container (a shell, a database console, a script)
+    Exec(ExecArgs),
+    /// Stop the current release's containers (kept, with their data)
+    Stop(StopArgs),
+    /// Start the current release's stopped containers again and wait until they are healthy
+    Start(TargetArgs),
+    /// Take the deployment off the target: stack, releases and images (the database volume is kept)
+    Remove(RemoveArgs),
     /// Check or renew the TLS certificate
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -200,9 +214,18 @@ pub struct LogsArgs {
     /// Only this service
     pub service: Option<String>,
 
-    /// Last N lines
-    #[arg(long, default_value_t = 200)]
-    pub tail: u32,
+    /// Last N lines (per container) [default: 200; 20 with --follow; all with --since]
+    #[arg(long)]
+    pub tail: Option<u32>,
+
+    /// Keep printing new lines until Ctrl-C (or until the containers stop)
+    #[arg(long, short = 'f', conflicts_with = "purge_local")]
+    pub follow: bool,
+
+    /// Only lines since a duration ago (`30s`, `10m`, `1h30m`, `2d`) or a time
+    /// (`2024-05-01`, `2024-05-01T12:00:00Z`, `2024-05-01T12:00:00+02:00`)
+    #[arg(long, conflicts_with = "purge_local")]
+    pub since: Option<String>,
 
     /// Delete cultivate's own log files on this machine instead, and exit
     ///
@@ -212,6 +235,54 @@ pub struct LogsArgs {
     /// would not be recognised any more. The target's deploy logs are kept.
     #[arg(long, conflicts_with = "service")]
     pub purge_local: bool,
+}
+
+/// `exec` options.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// The service (`frontend`, `backend`, `database`)
+    pub service: String,
+
+    /// User inside the container (name or UID[:GID]) [default: the image's]
+    #[arg(long, short = 'u')]
+    pub user: Option<String>,
+
+    /// Never allocate a terminal, even when this side has one
+    #[arg(long, short = 'T')]
+    pub no_tty: bool,
+
+    /// The command and its arguments (after `--`)
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
+}
+
+/// `stop` options.
+#[derive(Debug, Args, Clone, Default)]
+pub struct StopArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// Seconds each container gets to stop before it is killed [default: the runtime's]
+    #[arg(long)]
+    pub timeout: Option<u64>,
+}
+
+/// `remove` options.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RemoveArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// Delete the database volume too (asks for the project's name to be typed back)
+    #[arg(long)]
+    pub purge_data: bool,
+
+    /// Do not ask (for scripts): with --purge-data, delete the data without the name typed back
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 /// `certs` subcommands.

@@ -64,6 +64,12 @@ impl UserError {
     }
 }
 
+/// The exit status of a command run for the user (`cultivate exec`), passed
+/// through as cultivate's own; nothing more is printed for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the command exited with status {0}")]
+pub struct PassThrough(pub i32);
+
 /// Shorthand for a usage/configuration error.
 pub fn usage(message: impl Into<String>) -> UserError {
     UserError::new(Code::Usage, message)
@@ -85,6 +91,9 @@ fn code_of_kind(kind: ErrorKind) -> Option<Code> {
 
 /// The exit code for an error: the first classified error in its chain.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
+    if let Some(p) = err.downcast_ref::<PassThrough>() {
+        return p.0;
+    }
     // anyhow finds context values anywhere in the chain, outermost first.
     if let Some(u) = err.downcast_ref::<UserError>() {
         return u.code as i32;

@@ -38,6 +38,7 @@ fn main() {
     commands::warn_of_leaked_logs(&cli, &printer);
     let code = match result {
         Ok(()) => 0,
+        Err(err) if err.downcast_ref::<error::PassThrough>().is_some() => error::exit_code(&err),
         Err(err) => {
             tracing::debug!("error: {err:#}");
             printer.error(&err);

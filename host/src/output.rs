@@ -11,6 +11,7 @@ pub struct Printer {
     quiet: bool,
     json: bool,
     color: bool,
+    color_choice: ColorChoice,
     verbose: u8,
 }
 
@@ -24,12 +25,35 @@ impl Printer {
                 std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
             }
         };
-        Printer { quiet: args.quiet, json: args.json, color, verbose: args.verbose }
+        Printer { quiet: args.quiet, json: args.json, color, color_choice: args.color, verbose: args.verbose }
     }
 
     /// True when progress bars may be drawn: a terminal, not quiet, not verbose, not JSON.
     pub fn bars(&self) -> bool {
         std::io::stderr().is_terminal() && !self.quiet && self.verbose == 0 && !self.json
+    }
+
+    /// True when data written to stdout may be coloured (`--color`, NO_COLOR,
+    /// stdout a terminal), never with `--json`.
+    pub fn color_stdout(&self) -> bool {
+        !self.json
+            && match self.color_choice {
+                ColorChoice::Always => true,
+                ColorChoice::Never => false,
+                ColorChoice::Auto => {
+                    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stdout().is_terminal()
+                }
+            }
+    }
+
+    /// The same printer, quiet unless `-v` was given: for commands whose
+    /// own output must not mix with cultivate's progress lines (`exec`).
+    pub fn quiet_copy(&self) -> Printer {
+        let mut p = self.clone();
+        if p.verbose == 0 {
+            p.quiet = true;
+        }
+        p
     }
 
     /// Only errors are shown.

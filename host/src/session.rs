@@ -318,6 +318,18 @@ impl Session {
         Ok(out)
     }
 
+    /// Starts a command whose output the caller streams itself (`logs -f`,
+    /// `exec`); shown at `-v` like every other command.
+    pub fn open(&self, req: &ExecRequest) -> Result<Box<dyn cultivate_plugin_api::Channel>, PluginError> {
+        tracing::debug!(target: "cultivate::cmd", "$ {} (streamed)", redact::apply(&req.display()));
+        self.conn.exec(req)
+    }
+
+    /// True when the transport runs commands on a pseudo-terminal when asked.
+    pub fn supports_pty(&self) -> bool {
+        self.conn.info().details.get(cultivate_plugin_api::PTY_DETAIL).is_some_and(|v| v == "yes")
+    }
+
     /// Closes the connection.
     pub fn close(&self) {
         self.conn.close()

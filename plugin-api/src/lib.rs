@@ -30,7 +30,8 @@ pub use plugin::{
     collect, collect_with, put_file_via_exec, Channel, ChannelEvent, Connection, Host, HostServices, Plugin,
 };
 pub use types::{
-    Capability, ConnectSpec, ConnectionInfo, ExecOutput, ExecRequest, LogLevel, Manifest, PluginKind, Probe, TargetInfo,
+    Capability, ConnectSpec, ConnectionInfo, ExecOutput, ExecRequest, LogLevel, Manifest, PluginKind, Probe,
+    TargetInfo, TtySize, PTY_DETAIL,
 };
 
 /// The plugin-API version (this crate's version).

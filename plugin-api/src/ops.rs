@@ -347,6 +347,79 @@ pub const SWITCH_OPERATIONS: &[&str] = &[
     ContainerExec::NAME,
     CopyFromImage::NAME,
 ];
+// ---------------------------------------------------------------- everyday operations
+
+/// Logs of one container, as a command the host streams (`logs -f`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerLogsRequest {
+    /// Container ID or name.
+    pub container: String,
+    /// Keep following new output until the container stops or the host closes the channel.
+    #[serde(default)]
+    pub follow: bool,
+    /// Only output since this time: a duration (`10m`, `1h30m`) or an RFC 3339
+    /// time, as the host validated it.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Only the last N lines.
+    #[serde(default)]
+    pub tail: Option<u32>,
+}
+
+/// A command in one container, as a command the host runs with the user's
+/// stdin, stdout and (when `tty`) terminal.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerExecCommandRequest {
+    /// Container ID or name.
+    pub container: String,
+    /// The command.
+    pub argv: Vec<String>,
+    /// The user (name or UID[:GID]) inside the container; the image's when `None`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Allocate a terminal in the container (the host then asks the transport for one too).
+    #[serde(default)]
+    pub tty: bool,
+    /// Keep stdin open (the host streams its own stdin).
+    #[serde(default)]
+    pub interactive: bool,
+}
+
+/// Stop the stack's containers without removing them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StackStopRequest {
+    /// The stack.
+    pub stack: StackRef,
+    /// Seconds between the stop signal and SIGKILL.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+operation!(
+    /// The command that prints (and with `follow` keeps printing) one container's logs.
+    ContainerLogsCommand, "container.logs_command", ContainerLogsRequest => CommandSpec
+);
+operation!(
+    /// The command that runs a command in one container with the host's stdin (and terminal).
+    ContainerExecCommand, "container.exec_command", ContainerExecCommandRequest => CommandSpec
+);
+operation!(
+    /// Stop the stack's containers (kept, with their volumes).
+    StackStop, "stack.stop", StackStopRequest => Empty
+);
+operation!(
+    /// Start the stack's stopped containers again.
+    StackStart, "stack.start", StackRef => Empty
+);
+
+/// The operations behind `cultivate logs -f/--since`, `exec`, `stop` and
+/// `start`. Each is optional: a plugin lacking one still loads and deploys;
+/// only the command that needs it says the plugin does not offer it
+/// (`cultivate logs` without `-f`/`--since` keeps using `stack.logs`, and
+/// `cultivate remove` needs only `stack.down`, `image.list` and `image.remove`).
+pub const EVERYDAY_OPERATIONS: &[&str] =
+    &[ContainerLogsCommand::NAME, ContainerExecCommand::NAME, StackStop::NAME, StackStart::NAME];
+
 operation!(
     /// `compose down` for the stack (volumes kept unless asked).
     StackDown, "stack.down", StackDownRequest => Empty

@@ -181,7 +181,28 @@ pub struct ExecRequest {
     /// false, so plugins built before it exchange the same requests.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub private_output: bool,
+    /// Run the command on a pseudo-terminal of this size (an interactive
+    /// `exec`). Only transports whose [`ConnectionInfo`] details say
+    /// `pty = yes` honour it; others run the command without one. Absent
+    /// from the JSON when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<TtySize>,
 }
+
+/// A pseudo-terminal's type and size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    /// `TERM` (`xterm-256color`).
+    pub term: String,
+    /// Columns.
+    pub cols: u32,
+    /// Rows.
+    pub rows: u32,
+}
+
+/// The [`ConnectionInfo`] detail a transport sets (to `yes`) when it runs
+/// commands with [`ExecRequest::tty`] on a pseudo-terminal.
+pub const PTY_DETAIL: &str = "pty";
 
 impl ExecRequest {
     /// A request for `argv` with nothing else set.

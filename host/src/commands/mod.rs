@@ -3,6 +3,7 @@
 mod certs;
 mod config;
 mod deploy;
+mod everyday;
 mod plugins;
 mod target;
 
@@ -65,7 +66,12 @@ pub fn run(cli: &Cli, printer: &Printer) -> Result<()> {
         Command::Rollback(args) => deploy::rollback(printer, config, args),
         Command::Releases(args) => target::releases(printer, config, args),
         Command::Status(args) => target::status(printer, config, args),
+        Command::Logs(args) if args.follow || args.since.is_some() => everyday::stream_logs(printer, config, args),
         Command::Logs(args) => target::logs(printer, config, args),
+        Command::Exec(args) => everyday::exec(printer, config, args),
+        Command::Stop(args) => everyday::stop(printer, config, args),
+        Command::Start(args) => everyday::start(printer, config, args),
+        Command::Remove(args) => everyday::remove(printer, config, args),
         Command::Lock(LockCommand::Status(args)) => target::lock(printer, config, args, false),
         Command::Lock(LockCommand::Release(args)) => target::lock(printer, config, args, true),
         Command::Certs(CertsCommand::Check(args)) => certs::check(printer, config, args),

@@ -139,7 +139,7 @@ pub fn logs(printer: &Printer, config: Option<&Path>, args: &LogsArgs) -> Result
     let req = ops::StackLogsRequest {
         stack: ctx.stack_ref(&current),
         services: args.service.iter().cloned().collect(),
-        tail: Some(args.tail),
+        tail: Some(args.tail.unwrap_or(200)),
     };
     printer.data(ctx.stack_op::<ops::StackLogs>(&req)?.text.trim_end());
     Ok(())

@@ -42,6 +42,10 @@ const OPERATIONS: &[&str] = &[
     ops::ContainerRemove::NAME,
     ops::ContainerExec::NAME,
     ops::CopyFromImage::NAME,
+    ops::ContainerLogsCommand::NAME,
+    ops::ContainerExecCommand::NAME,
+    ops::StackStop::NAME,
+    ops::StackStart::NAME,
     ops::Install::NAME,
     ops::InstallHelp::NAME,
 ];
@@ -92,6 +96,14 @@ impl Plugin for ComposePlugin {
             ops::CopyFromImage::NAME => {
                 ops::handle::<ops::CopyFromImage>(payload, |r| docker_cli().copy_from_image(host, &r))
             }
+            ops::ContainerLogsCommand::NAME => {
+                ops::handle::<ops::ContainerLogsCommand>(payload, |r| docker_cli().container_logs_command(&r))
+            }
+            ops::ContainerExecCommand::NAME => {
+                ops::handle::<ops::ContainerExecCommand>(payload, |r| docker_cli().container_exec_command(&r))
+            }
+            ops::StackStop::NAME => ops::handle::<ops::StackStop>(payload, |r| detect(host)?.stop(host, &r)),
+            ops::StackStart::NAME => ops::handle::<ops::StackStart>(payload, |r| detect(host)?.start(host, &r)),
             ops::Install::NAME => ops::handle::<ops::Install>(payload, |r| install(host, &r.target)),
             ops::InstallHelp::NAME => ops::handle::<ops::InstallHelp>(payload, |r| Ok(install_help(&r.target))),
             other => Err(PluginError::unsupported(format!("operation {other}"))),

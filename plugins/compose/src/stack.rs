@@ -8,8 +8,9 @@
 use std::collections::BTreeMap;
 
 use cultivate_plugin_api::ops::{
-    ContainerExecRequest, ContainerRemoveRequest, CopyFromImageRequest, Empty, ServiceState, StackDownRequest,
-    StackExecRequest, StackLogsRequest, StackRef, StackUpRequest, StartBesideRequest, Text, UpServicesRequest,
+    ContainerExecCommandRequest, ContainerExecRequest, ContainerLogsRequest, ContainerRemoveRequest,
+    CopyFromImageRequest, Empty, ServiceState, StackDownRequest, StackExecRequest, StackLogsRequest, StackRef,
+    StackStopRequest, StackUpRequest, StartBesideRequest, Text, UpServicesRequest,
 };
 use cultivate_plugin_api::{ErrorKind, ExecOutput, ExecRequest, Host, PluginError};
 use serde_json::Value;
@@ -346,6 +347,75 @@ impl Compose {
         argv.push(req.container.clone());
         argv.extend(req.argv.iter().cloned());
         host.run(&argv)
+    }
+
+    /// `ENGINE logs [-f] [--since S] [--tail N] CONTAINER`: the same for
+    /// Docker (whichever Compose drives it) and nerdctl/finch.
+    pub fn container_logs_command(&self, req: &ContainerLogsRequest) -> Result<ExecRequest, PluginError> {
+        check_name("container", &req.container)?;
+        let mut argv = self.engine.clone();
+        argv.push("logs".into());
+        if req.follow {
+            argv.push("--follow".into());
+        }
+        if let Some(since) = &req.since {
+            check_name("since", since)?;
+            argv.push("--since".into());
+            argv.push(since.clone());
+        }
+        if let Some(n) = req.tail {
+            argv.push("--tail".into());
+            argv.push(n.to_string());
+        }
+        argv.push(req.container.clone());
+        Ok(ExecRequest::new(argv))
+    }
+
+    /// `ENGINE exec [-i] [-t] [-u USER] CONTAINER argv…`.
+    pub fn container_exec_command(&self, req: &ContainerExecCommandRequest) -> Result<ExecRequest, PluginError> {
+        check_name("container", &req.container)?;
+        if req.argv.is_empty() {
+            return Err(PluginError::invalid("container.exec_command needs a command"));
+        }
+        let mut argv = self.engine.clone();
+        argv.push("exec".into());
+        if req.interactive {
+            argv.push("-i".into());
+        }
+        if req.tty {
+            argv.push("-t".into());
+        }
+        if let Some(user) = &req.user {
+            check_name("user", user)?;
+            argv.push("--user".into());
+            argv.push(user.clone());
+        }
+        argv.push(req.container.clone());
+        argv.extend(req.argv.iter().cloned());
+        Ok(ExecRequest::new(argv))
+    }
+
+    /// `compose stop [-t N]`: containers stopped, kept with their volumes.
+    pub fn stop_request(&self, req: &StackStopRequest) -> Result<ExecRequest, PluginError> {
+        let mut args = vec!["stop".to_string()];
+        if let Some(t) = req.timeout_secs.filter(|_| self.dialect != Dialect::Finch) {
+            args.push("-t".into());
+            args.push(t.to_string());
+        }
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.request(&req.stack, &refs)
+    }
+
+    /// Stops the stack's containers.
+    pub fn stop(&self, host: &Host, req: &StackStopRequest) -> Result<Empty, PluginError> {
+        Self::run_checked(host, &self.stop_request(req)?)?;
+        Ok(Empty {})
+    }
+
+    /// `compose start`: the stopped containers again, as they were.
+    pub fn start(&self, host: &Host, stack: &StackRef) -> Result<Empty, PluginError> {
+        Self::run_checked(host, &self.request(stack, &["start"])?)?;
+        Ok(Empty {})
     }
 
     /// The shell script that copies `path` of an image to `dest`: a created

@@ -659,3 +659,75 @@ fn install_refuses_other_distributions() {
     let help = install_help(&debian());
     assert!(help.lines.iter().any(|l| l.contains("apt-get install -y docker-compose")));
 }
+
+#[test]
+fn logs_and_exec_commands_are_the_engine_cli_whatever_the_flavour() {
+    let fake = FakeHost::new();
+    let spec = call::<ops::ContainerLogsCommand>(
+        &fake,
+        &ops::ContainerLogsRequest { container: "abc".into(), follow: true, since: Some("10m".into()), tail: Some(5) },
+    )
+    .unwrap();
+    assert_eq!(spec.argv, ["docker", "logs", "--follow", "--since", "10m", "--tail", "5", "abc"]);
+    let spec = call::<ops::ContainerLogsCommand>(
+        &fake,
+        &ops::ContainerLogsRequest { container: "abc".into(), ..Default::default() },
+    )
+    .unwrap();
+    assert_eq!(spec.argv, ["docker", "logs", "abc"]);
+    let spec = call::<ops::ContainerExecCommand>(
+        &fake,
+        &ops::ContainerExecCommandRequest {
+            container: "db1".into(),
+            argv: vec!["psql".into(), "-c".into(), "select 1".into()],
+            user: Some("apiuser".into()),
+            tty: true,
+            interactive: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(spec.argv, ["docker", "exec", "-i", "-t", "--user", "apiuser", "db1", "psql", "-c", "select 1"]);
+    // nothing ran: the host streams these itself
+    assert!(fake.commands().is_empty());
+    for bad in [
+        ops::ContainerExecCommandRequest { container: "db1".into(), ..Default::default() },
+        ops::ContainerExecCommandRequest { container: "-x".into(), argv: vec!["true".into()], ..Default::default() },
+        ops::ContainerExecCommandRequest {
+            container: "db1".into(),
+            argv: vec!["true".into()],
+            user: Some("--privileged".into()),
+            ..Default::default()
+        },
+    ] {
+        let err = call::<ops::ContainerExecCommand>(&fake, &bad).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidRequest, "{bad:?}");
+    }
+    let err = call::<ops::ContainerLogsCommand>(
+        &fake,
+        &ops::ContainerLogsRequest { container: "abc".into(), since: Some("-1".into()), ..Default::default() },
+    )
+    .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidRequest);
+}
+
+#[test]
+fn stop_and_start_are_compose_commands_in_both_flavours() {
+    for fake in [v1_host().ok("cd ", ""), v2_host().ok("cd ", "")] {
+        call::<ops::StackStop>(&fake, &ops::StackStopRequest { stack: stack(), timeout_secs: Some(20) }).unwrap();
+        assert!(last(&fake).starts_with(CD), "{}", last(&fake));
+        assert!(last(&fake).ends_with("--env-file .env stop -t 20"), "{}", last(&fake));
+        call::<ops::StackStart>(&fake, &stack()).unwrap();
+        assert!(last(&fake).ends_with("--env-file .env start"), "{}", last(&fake));
+    }
+    let failing = v2_host().fail("cd ", 1, "no such service");
+    let err = call::<ops::StackStart>(&failing, &stack()).unwrap_err();
+    assert!(err.message.contains("no such service"), "{err:?}");
+}
+
+#[test]
+fn the_everyday_operations_are_in_the_manifest() {
+    let m = ComposePlugin.manifest();
+    for op in ops::EVERYDAY_OPERATIONS {
+        assert!(m.implements(op), "{op}");
+    }
+}

@@ -57,6 +57,10 @@ const OPERATIONS: &[&str] = &[
     ops::ContainerRemove::NAME,
     ops::ContainerExec::NAME,
     ops::CopyFromImage::NAME,
+    ops::ContainerLogsCommand::NAME,
+    ops::ContainerExecCommand::NAME,
+    ops::StackStop::NAME,
+    ops::StackStart::NAME,
     ops::InstallHelp::NAME,
 ];
 
@@ -124,6 +128,14 @@ impl Plugin for FinchPlugin {
             ops::CopyFromImage::NAME => {
                 ops::handle::<ops::CopyFromImage>(payload, |r| engine_only(host)?.copy_from_image(host, &r))
             }
+            ops::ContainerLogsCommand::NAME => {
+                ops::handle::<ops::ContainerLogsCommand>(payload, |r| engine_only(host)?.container_logs_command(&r))
+            }
+            ops::ContainerExecCommand::NAME => {
+                ops::handle::<ops::ContainerExecCommand>(payload, |r| engine_only(host)?.container_exec_command(&r))
+            }
+            ops::StackStop::NAME => ops::handle::<ops::StackStop>(payload, |r| compose(host, &r.stack)?.stop(host, &r)),
+            ops::StackStart::NAME => ops::handle::<ops::StackStart>(payload, |r| compose(host, &r)?.start(host, &r)),
             ops::InstallHelp::NAME => ops::handle::<ops::InstallHelp>(payload, |r| Ok(install_help(&r.target))),
             other => Err(PluginError::unsupported(format!("operation {other}"))),
         }

@@ -326,3 +326,36 @@ proptest! {
         let _ = FinchPlugin.probe(&fake.host(), &mac());
     }
 }
+
+#[test]
+fn everyday_operations_drive_finch() {
+    let fake = mac_host("Running").ok(&format!("cd /Users/ana/cultivate/current && {FINCH} compose"), "");
+    let spec = call::<ops::ContainerLogsCommand>(
+        &fake,
+        &ops::ContainerLogsRequest { container: "abc".into(), follow: true, ..Default::default() },
+    )
+    .unwrap();
+    assert_eq!(spec.argv, [FINCH, "logs", "--follow", "abc"]);
+    let spec = call::<ops::ContainerExecCommand>(
+        &fake,
+        &ops::ContainerExecCommandRequest {
+            container: "abc".into(),
+            argv: vec!["sh".into()],
+            interactive: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(spec.argv, [FINCH, "exec", "-i", "abc", "sh"]);
+    call::<ops::StackStop>(&fake, &ops::StackStopRequest { stack: stack(), timeout_secs: Some(5) }).unwrap();
+    assert!(
+        last(&fake).ends_with("compose -p cultivate -f docker-compose.yml --env-file .env stop"),
+        "{}",
+        last(&fake)
+    );
+    call::<ops::StackStart>(&fake, &stack()).unwrap();
+    assert!(last(&fake).ends_with("--env-file .env start"), "{}", last(&fake));
+    for op in ops::EVERYDAY_OPERATIONS {
+        assert!(FinchPlugin.manifest().implements(op), "{op}");
+    }
+}

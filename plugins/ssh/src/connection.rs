@@ -56,6 +56,7 @@ impl SshConnection {
         details.insert("host_key_type".into(), facts.host_key_type);
         details.insert("host_key_fingerprint".into(), facts.fingerprint);
         details.insert("cipher".into(), facts.cipher);
+        details.insert(cultivate_plugin_api::PTY_DETAIL.into(), "yes".into());
         details.insert("kex".into(), facts.kex);
         if let Some(line) = facts.learned_line {
             details.insert("host_key_recorded".into(), format!("{} line {line}", target.spec.known_hosts.display()));
@@ -274,9 +275,15 @@ impl Connection for SshConnection {
         let line = command_line(req, self.sudo)?;
         let inner = self.inner.clone();
         let t = self.open_timeout;
+        let tty = req.tty.clone();
         let opened = block(async move {
             let open = async {
                 let ch = inner.handle.channel_open_session().await?;
+                if let Some(tty) = &tty {
+                    // An interactive `cultivate exec`: the server's pty does
+                    // the line discipline (echo, Ctrl-C) for the remote side.
+                    ch.request_pty(false, &tty.term, tty.cols, tty.rows, 0, 0, &[]).await?;
+                }
                 ch.exec(true, line.into_bytes()).await?;
                 Ok::<_, russh::Error>(ch)
             };
