@@ -338,6 +338,13 @@ impl Project {
         run_binary(&all, &self.log_dir, self.dir.path())
     }
 
+    /// [`Project::run`] with `input` on stdin.
+    pub fn run_input(&self, args: &[&str], input: &[u8]) -> Run {
+        let mut all: Vec<String> = vec!["-c".into(), self.config.display().to_string()];
+        all.extend(args.iter().map(|s| s.to_string()));
+        run_binary_input(&binary(), &all, &self.log_dir, self.dir.path(), &[], Some(input))
+    }
+
     /// Starts `cultivate -c CONFIG ARGS...` without waiting (see [`spawn_binary`]).
     pub fn spawn(&self, args: &[&str]) -> std::process::Child {
         let mut all: Vec<String> = vec!["-c".into(), self.config.display().to_string()];
@@ -445,8 +452,21 @@ pub fn run_binary(args: &[String], log_dir: &Path, cwd: &Path) -> Run {
 /// (`CULTIVATE_PLUGIN_PATH`, say), which are set after the test's own
 /// `CULTIVATE_*` variables are removed.
 pub fn run_binary_with(bin: &Path, args: &[String], log_dir: &Path, cwd: &Path, env: &[(&str, &Path)]) -> Run {
+    run_binary_input(bin, args, log_dir, cwd, env, None)
+}
+
+/// [`run_binary_with`] with `input` on the binary's stdin (closed after it).
+pub fn run_binary_input(
+    bin: &Path,
+    args: &[String],
+    log_dir: &Path,
+    cwd: &Path,
+    env: &[(&str, &Path)],
+    input: Option<&[u8]>,
+) -> Run {
     let mut cmd = Command::new(bin);
-    cmd.args(args).current_dir(cwd).stdin(Stdio::null());
+    cmd.args(args).current_dir(cwd).stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     for (k, _) in std::env::vars() {
         if k.starts_with("CULTIVATE_") || k == "RUST_LOG" {
             cmd.env_remove(k);
@@ -457,7 +477,16 @@ pub fn run_binary_with(bin: &Path, args: &[String], log_dir: &Path, cwd: &Path, 
         cmd.env(k, v);
     }
     let start = Instant::now();
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let input = input.to_vec();
+        // A writer thread: the binary may not read all of it before it exits.
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
     let run = Run {
         args: args.to_vec(),
         code: out.status.code().unwrap_or(-1),

@@ -162,7 +162,7 @@ fn parse_time(s: &str) -> std::result::Result<i64, String> {
     } else {
         (rest, 0)
     };
-    let clock = clock.split_once('.').map(|(c, frac)| (c, frac)).unwrap_or((clock, "0"));
+    let clock = clock.split_once('.').unwrap_or((clock, "0"));
     if clock.1.is_empty() || !clock.1.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("bad fraction of a second `{}`", clock.1));
     }
