@@ -117,7 +117,7 @@ pub fn build_args(base_image: &str) -> BTreeMap<String, String> {
 }
 
 /// Builds one service's image on this machine's engine, calling `step` for
-/// each build step line, and returns its ID and layers.
+/// each line of build output, and returns its ID and layers.
 pub async fn build_local(
     docker: &Docker,
     context: &[u8],
@@ -167,9 +167,7 @@ pub async fn build_local(
         if let Some(text) = info.stream.as_deref() {
             for line in text.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
                 tracing::debug!(target: "cultivate::build", "{service}: {line}");
-                if line.starts_with("Step ") {
-                    step(line);
-                }
+                step(line);
                 tail.push(line.to_string());
                 if tail.len() > 20 {
                     tail.remove(0);

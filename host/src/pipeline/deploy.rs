@@ -9,6 +9,7 @@ use cultivate_plugin_api::ExecRequest;
 use sha2::{Digest, Sha256};
 
 use super::build::{self, BuiltImage, SERVICES};
+use super::progress::BuildProgress;
 use super::release::{self, ReleaseImage, ReleaseRecord, ReleaseStatus};
 use super::switch::{self, Action, ServicePlan};
 use super::transfer::{self, TransferStats};
@@ -487,6 +488,11 @@ fn untag_local(images: &[BuiltImage]) {
     }
 }
 
+/// One image's summary line: `backend: shop-backend:V sha256:0123456789ab`.
+fn image_summary(i: &BuiltImage) -> String {
+    format!("{}: {} {}", i.service, i.reference, &i.id[..i.id.len().min(19)])
+}
+
 fn build_images(ctx: &mut Ctx<'_>, version: &str) -> Result<Vec<BuiltImage>> {
     let s = ctx.settings;
     let context = build::context_tar(&s.stack_dir, &s.app_dir)?;
@@ -495,24 +501,46 @@ fn build_images(ctx: &mut Ctx<'_>, version: &str) -> Result<Vec<BuiltImage>> {
         BuildMode::Local => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let printer = ctx.printer.clone();
-            rt.block_on(async {
+            let sink = move |line: &str| printer.detail(line);
+            let progress = BuildProgress::new(ctx.printer.bars(), &SERVICES, Box::new(sink));
+            let built = rt.block_on(async {
                 let docker = build::local_engine().await?;
                 let mut out = Vec::new();
                 for service in SERVICES {
                     let reference = build::image_ref(&s.project, service, version);
-                    printer.detail(&format!("{service}: building {reference}"));
-                    let mut step = |line: &str| tracing::info!("{service}: {line}");
-                    out.push(
-                        build::build_local(&docker, &context, service, &reference, &s.base_image, &mut step).await?,
-                    );
+                    progress.start(service, &reference);
+                    let began = std::time::Instant::now();
+                    let mut step = |line: &str| {
+                        if line.starts_with("Step ") {
+                            tracing::info!("{service}: {line}");
+                        }
+                        progress.line(service, line);
+                    };
+                    let image =
+                        build::build_local(&docker, &context, service, &reference, &s.base_image, &mut step).await?;
+                    progress
+                        .finish(service, &format!("{} ({:.1}s)", image_summary(&image), began.elapsed().as_secs_f64()));
+                    out.push(image);
                 }
                 Ok::<_, anyhow::Error>(out)
-            })?
+            });
+            if built.is_err() {
+                progress.abandon();
+            }
+            if progress.bars() {
+                // The bars became the summary lines: into the deploy log only.
+                for i in built.as_ref().into_iter().flatten() {
+                    ctx.log.record("INFO", &image_summary(i));
+                }
+                ctx.timings.record(Stage::Build, start);
+                return built;
+            }
+            built?
         }
         BuildMode::Remote => build_remote(ctx, version, &context)?,
     };
     for i in &images {
-        ctx.detail(&format!("{}: {} {}", i.service, i.reference, &i.id[..i.id.len().min(19)]));
+        ctx.detail(&image_summary(i));
     }
     ctx.timings.record(Stage::Build, start);
     Ok(images)

@@ -18,6 +18,7 @@ pub mod deploy;
 pub mod envfile;
 pub mod health;
 pub mod lock;
+pub mod progress;
 pub mod release;
 pub mod rollback;
 pub mod switch;
