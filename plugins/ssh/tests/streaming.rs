@@ -231,3 +231,47 @@ fn write_stdin_blocks_while_the_command_does_not_read() {
     let out = collect(ch.as_mut(), Some(Duration::from_secs(20))).unwrap();
     assert_eq!((out.status, out.stdout.as_str()), (0, "done\n"));
 }
+
+#[test]
+fn a_tty_request_runs_the_command_on_a_terminal_of_that_size() {
+    let Some((_sshd, conn)) = setup("a_tty_request_runs_the_command_on_a_terminal_of_that_size") else { return };
+    assert_eq!(conn.info().details.get(cultivate_plugin_api::PTY_DETAIL).map(String::as_str), Some("yes"));
+    let mut req = ExecRequest::shell("test -t 0 && test -t 1 && stty size && echo TERM=$TERM");
+    req.tty = Some(cultivate_plugin_api::TtySize { term: "xterm-256color".into(), cols: 123, rows: 45 });
+    let mut ch = conn.exec(&req).unwrap();
+    let (out, _, status) = drain(ch.as_mut(), Duration::from_secs(10));
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(status, 0, "{out}");
+    assert!(out.contains("45 123") && out.contains("TERM=xterm-256color"), "{out}");
+    // Input typed on the terminal reaches the command, Ctrl-C as a signal.
+    // Typed at the prompt, as a person would: input that arrives before the
+    // remote side has set up its terminal may be flushed.
+    // The trap is set before `armed` is printed, so Ctrl-C typed after it
+    // must end the command with 42, by way of the terminal's SIGINT.
+    let mut req = ExecRequest::shell(
+        "echo prompt:; read line; echo got:$line; trap 'exit 42' INT; echo armed; while :; do sleep 0.1; done",
+    );
+    req.tty = Some(cultivate_plugin_api::TtySize { term: "xterm".into(), cols: 80, rows: 24 });
+    let mut ch = conn.exec(&req).unwrap();
+    let mut out = Vec::new();
+    let mut wait_for = |ch: &mut dyn Channel, what: &str| {
+        let start = Instant::now();
+        while !String::from_utf8_lossy(&out).contains(what) {
+            assert!(start.elapsed() < Duration::from_secs(10), "no {what}: {}", String::from_utf8_lossy(&out));
+            if let ChannelEvent::Stdout(b) = ch.next_event(Duration::from_millis(200)).unwrap() {
+                out.extend_from_slice(&b);
+            }
+        }
+    };
+    wait_for(ch.as_mut(), "prompt:");
+    ch.write_stdin(b"hello\r").unwrap();
+    wait_for(ch.as_mut(), "got:hello");
+    wait_for(ch.as_mut(), "armed");
+    ch.write_stdin(b"\x03").unwrap();
+    let (_, _, status) = drain(ch.as_mut(), Duration::from_secs(10));
+    assert_eq!(status, 42, "Ctrl-C on the terminal is SIGINT");
+    // Without the request: no terminal.
+    let mut ch = conn.exec(&ExecRequest::shell("test -t 0")).unwrap();
+    ch.close_stdin().unwrap();
+    assert_eq!(drain(ch.as_mut(), Duration::from_secs(10)).2, 1);
+}
