@@ -129,6 +129,11 @@ fn logs_exec_stop_start_remove_on_one_deployment() {
         assert!(p.containers(s, false).is_empty(), "{s} still running after stop");
         assert!(!p.containers(s, true).is_empty(), "{s}'s container removed by stop");
     }
+    // `status` tells, and leaves the stopped stack alone (no "repair").
+    let run = p.run(&["status"]);
+    run.expect_code(0);
+    assert!(run.stdout.contains("stopped with `cultivate stop`"), "{}", run.output());
+    assert!(p.containers("backend", false).is_empty(), "status started the stopped stack");
     p.run(&["start"]).expect_code(0);
     assert!(p.get("/").is_ok(), "the frontend answers after start");
     assert_eq!(sql(&p, "select v from ops_kept"), "kept-data");

@@ -551,9 +551,12 @@ pub fn stop(printer: &Printer, config: Option<&Path>, args: &StopArgs) -> Result
     let version = current(&ctx)?;
     ctx.lock("stop")?;
     ctx.status(&format!("stopping release {version} on {}", settings.target));
-    let result = ctx.stack_op::<ops::StackStop>(&ops::StackStopRequest {
-        stack: ctx.stack_ref(&version),
-        timeout_secs: args.timeout,
+    // The marker first: a `status` while the containers stop must not repair them.
+    let result = ctx.session.put_file(&ctx.layout.stopped(), 0o644, format!("{version}\n").as_bytes()).and_then(|_| {
+        ctx.stack_op::<ops::StackStop>(&ops::StackStopRequest {
+            stack: ctx.stack_ref(&version),
+            timeout_secs: args.timeout,
+        })
     });
     ctx.unlock();
     result?;
@@ -576,7 +579,10 @@ pub fn start(printer: &Printer, config: Option<&Path>, args: &TargetArgs) -> Res
     let version = current(&ctx)?;
     ctx.lock("start")?;
     ctx.status(&format!("starting release {version} on {}", settings.target));
-    let result = ctx.stack_op::<ops::StackStart>(&ctx.stack_ref(&version)).and_then(|_| ctx.wait_healthy(&version));
+    let result = ctx
+        .stack_op::<ops::StackStart>(&ctx.stack_ref(&version))
+        .and_then(|_| ctx.session.sh(&format!("rm -f {}", cultivate_plugin_api::shell::quote(&ctx.layout.stopped()))))
+        .and_then(|_| ctx.wait_healthy(&version));
     ctx.unlock();
     let states = match result? {
         Ok(states) => states,
@@ -678,7 +684,17 @@ fn remove_locked(ctx: &mut Ctx<'_>, purge: bool) -> Result<(Vec<String>, Vec<Str
                 ));
             }
         }
-        None => ctx.detail("no release on the target: no stack to take down"),
+        None => {
+            ctx.detail("no release on the target: no stack to take down");
+            if purge {
+                // Only a release's compose file can take its volumes down with it.
+                ctx.warn(&format!(
+                    "no release left whose compose file could remove the volumes {volumes}: \
+                     `docker volume rm {project}_db_data {project}_db_socket` on the target deletes them"
+                ));
+                kept.push(format!("the stack's volumes, if any: {volumes} (no release left to remove them with)"));
+            }
+        }
     }
     // The images this project tagged: PROJECT-SERVICE:TAG, exactly.
     let repos: Vec<String> = SERVICES.iter().map(|s| format!("{project}-{s}")).collect();
@@ -705,6 +721,7 @@ fn remove_locked(ctx: &mut Ctx<'_>, purge: bool) -> Result<(Vec<String>, Vec<Str
     // The deployment's files on the target; the deploy logs stay.
     let root = ctx.layout.root.clone();
     let paths = [
+        ctx.layout.stopped(),
         ctx.layout.releases(),
         ctx.layout.current(),
         format!("{}.tmp", ctx.layout.current()),
@@ -720,7 +737,7 @@ fn remove_locked(ctx: &mut Ctx<'_>, purge: bool) -> Result<(Vec<String>, Vec<Str
     if !releases.is_empty() {
         removed.push(format!("releases {} in {}", releases.join(", "), ctx.layout.releases()));
     }
-    for g in gone.iter().filter(|g| **g != ctx.layout.releases()) {
+    for g in gone.iter().filter(|g| **g != ctx.layout.releases() && **g != ctx.layout.stopped()) {
         removed.push(g.to_string());
     }
     kept.push(format!("the deploy logs in {}", ctx.layout.logs()));

@@ -61,7 +61,9 @@ pub fn status(printer: &Printer, config: Option<&Path>, args: &TargetArgs) -> Re
         return Ok(());
     };
     let mut ctx = ctx;
-    let repaired = repair_if_needed(&mut ctx, &current)?;
+    // A stack stopped with `cultivate stop` is as meant: nothing to repair.
+    let stopped = ctx.stopped_on_purpose()?;
+    let repaired = if stopped { Vec::new() } else { repair_if_needed(&mut ctx, &current)? };
     let states = ctx.stack_op::<ops::StackPs>(&ctx.stack_ref(&current))?;
     let verdict = pipeline::health::judge(&pipeline::build::SERVICES, &states);
     if printer.json() {
@@ -69,6 +71,7 @@ pub fn status(printer: &Printer, config: Option<&Path>, args: &TargetArgs) -> Re
             "current": current,
             "healthy": verdict == pipeline::health::Verdict::Healthy,
             "repaired": repaired,
+            "stopped": stopped,
             "services": states,
         }));
     } else {
@@ -78,7 +81,13 @@ pub fn status(printer: &Printer, config: Option<&Path>, args: &TargetArgs) -> Re
         }
         printer.data(&format!(
             "  {}",
-            if verdict == pipeline::health::Verdict::Healthy { "all healthy" } else { "NOT all healthy" }
+            if stopped {
+                "stopped with `cultivate stop`: `cultivate start` starts it again"
+            } else if verdict == pipeline::health::Verdict::Healthy {
+                "all healthy"
+            } else {
+                "NOT all healthy"
+            }
         ));
     }
     Ok(())

@@ -208,6 +208,11 @@ impl<'a> Ctx<'a> {
         Ok(out.stdout.trim().rsplit('/').next().map(str::to_string).filter(|v| crate::settings::valid_version(v)))
     }
 
+    /// True when `cultivate stop` stopped the stack (and nothing started it since).
+    pub fn stopped_on_purpose(&self) -> Result<bool> {
+        Ok(self.session.run(&ExecRequest::new(["test", "-e", &self.layout.stopped()]))?.success())
+    }
+
     /// Reads a release's record.
     pub fn read_record(&self, version: &str) -> Result<Option<ReleaseRecord>> {
         let path = format!("{}/release.json", self.layout.release(version));
@@ -235,12 +240,14 @@ impl<'a> Ctx<'a> {
     pub fn set_current(&self, version: &str) -> Result<()> {
         let tmp = format!("{}.tmp", self.layout.current());
         let q = cultivate_plugin_api::shell::quote;
+        // A release made current runs: a `cultivate stop` before it is over.
         self.session.sh(&format!(
-            "ln -sfn {} {} && mv -Tf {} {}",
+            "ln -sfn {} {} && mv -Tf {} {} && rm -f {}",
             q(&format!("releases/{version}")),
             q(&tmp),
             q(&tmp),
-            q(&self.layout.current())
+            q(&self.layout.current()),
+            q(&self.layout.stopped())
         ))?;
         Ok(())
     }

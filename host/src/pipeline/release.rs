@@ -54,6 +54,12 @@ impl Layout {
         format!("{}/logs", self.root)
     }
 
+    /// The marker `cultivate stop` leaves (holding the release it stopped):
+    /// the stack is down on purpose, `status` must not repair it.
+    pub fn stopped(&self) -> String {
+        format!("{}/stopped", self.root)
+    }
+
     /// The lock directory.
     pub fn lock(&self) -> String {
         format!("{}/.lock", self.root)
