@@ -25,6 +25,8 @@ pub enum BuildProgress {
         multi: MultiProgress,
         /// One bar per service.
         bars: BTreeMap<String, ProgressBar>,
+        /// Each service's current step (`step 4/12 RUN npm ci`).
+        steps: std::sync::Mutex<BTreeMap<String, String>>,
     },
     /// Plain lines, nothing redrawn.
     Lines(LineSink),
@@ -75,7 +77,7 @@ impl BuildProgress {
                 (s.to_string(), bar)
             })
             .collect();
-        BuildProgress::Bars { multi, bars }
+        BuildProgress::Bars { multi, bars, steps: Default::default() }
     }
 
     /// True when drawing bars.
@@ -99,10 +101,23 @@ impl BuildProgress {
 
     /// A line of a service's build output.
     pub fn line(&self, service: &str, line: &str) {
-        if let BuildProgress::Bars { bars, .. } = self {
-            if let Some(bar) = bars.get(service) {
-                if !line.trim().is_empty() {
-                    bar.set_message(step_message(line, 100));
+        if let BuildProgress::Bars { bars, steps, .. } = self {
+            let Some(bar) = bars.get(service) else { return };
+            let line = line.trim();
+            // Docker's bookkeeping lines say nothing about progress.
+            if line.is_empty() || line.starts_with("--->") || line.starts_with("Removing intermediate") {
+                return;
+            }
+            let mut steps = steps.lock().unwrap_or_else(|p| p.into_inner());
+            if line.starts_with("Step ") {
+                let step = step_message(line, 60);
+                bar.set_message(step.clone());
+                steps.insert(service.to_string(), step);
+            } else {
+                // The step, then the last line of its output.
+                match steps.get(service) {
+                    Some(step) => bar.set_message(format!("{step} · {}", step_message(line, 60))),
+                    None => bar.set_message(step_message(line, 100)),
                 }
             }
         }
@@ -122,7 +137,7 @@ impl BuildProgress {
 
     /// The build stopped (failed): bars cleared, so the error prints on a clean screen.
     pub fn abandon(&self) {
-        if let BuildProgress::Bars { multi, bars } = self {
+        if let BuildProgress::Bars { multi, bars, .. } = self {
             for bar in bars.values().filter(|b| !b.is_finished()) {
                 bar.finish_and_clear();
             }
@@ -170,6 +185,9 @@ mod tests {
         p.line("backend", "Step 4/12 : RUN npm ci --omit=dev");
         let BuildProgress::Bars { bars, .. } = &p else { unreachable!() };
         assert_eq!(bars["backend"].message(), "step 4/12 RUN npm ci --omit=dev");
+        p.line("backend", " ---> Running in 0123");
+        p.line("backend", "added 12 packages in 3s");
+        assert_eq!(bars["backend"].message(), "step 4/12 RUN npm ci --omit=dev · added 12 packages in 3s");
         assert_eq!(bars["database"].message(), "waiting", "every service is shown before it starts");
         p.finish("backend", "backend: shop-backend:1 sha256:abc");
         assert!(bars["backend"].is_finished());
