@@ -10,6 +10,9 @@
 #   testenv.sh up NAME engine            netns + sshd + dockerd (host's Docker 20.10, compose v1)
 #   testenv.sh up NAME bare              netns + bookworm root + sshd, no Docker at all
 #   testenv.sh up NAME trixie            netns + trixie root + sshd + Docker 26 / Compose v2
+#   testenv.sh up NAME mac               a stand-in macOS target: the trixie root dressed as
+#                                        macOS 14 (Darwin, sw_vers, /Users), Docker only behind
+#                                        a recording `finch` stand-in (scripts/testenv/mac/)
 #   testenv.sh sshd-loopback NAME [PORT] sshd on 127.0.0.1:PORT on this machine
 #   testenv.sh down NAME                 tear one target down (safe twice, after a crash)
 #   testenv.sh engine-stop NAME          stop a target's dockerd (fault tests)
@@ -454,6 +457,31 @@ root_up() {
         /run/cultivate-sshd.pid >"$r/etc/ssh/cultivate_sshd_config"
 }
 
+mac_dress() {
+    # mac_dress ROOT: the trixie root made a stand-in macOS 14 host. `uname`
+    # says Darwin, `sw_vers` answers, there is no /etc/os-release, root's
+    # home is /Users/admin and its login shell records every command that
+    # reaches it over ssh. The docker client moves off the PATH (to where
+    # only the finch stand-in uses it) and docker-compose goes: nothing but
+    # `finch` can drive the engine. The VM starts "nonexistent".
+    local r=$1 src=$HERE/testenv/mac
+    install -m 755 "$src/uname" "$r/usr/local/bin/uname"
+    install -m 755 "$src/sw_vers" "$r/usr/bin/sw_vers"
+    install -m 755 "$src/finch" "$r/usr/local/bin/finch"
+    mkdir -p "$r/usr/libexec/finch-standin" "$r/var/lib/finch-standin" "$r/var/log/finch-standin"
+    install -m 755 "$src/record-shell" "$r/usr/libexec/finch-standin/record-shell"
+    mv "$r/usr/bin/docker" "$r/usr/libexec/finch-standin/docker"
+    rm -f "$r/usr/bin/docker-compose" "$r/etc/os-release" "$r/usr/lib/os-release"
+    : >"$r/var/log/finch-standin/invocations.log"
+    : >"$r/var/log/finch-standin/ssh-commands.log"
+    mkdir -p "$r/Users/admin" "$r/Volumes"
+    chmod 755 "$r/Users" "$r/Volumes"
+    sed -i 's|^root:x:0:0:root:/root:/bin/bash$|root:x:0:0:System Administrator:/Users/admin:/usr/libexec/finch-standin/record-shell|' \
+        "$r/etc/passwd"
+    grep -q '^root:.*:/Users/admin:/usr/libexec/finch-standin/record-shell$' "$r/etc/passwd" ||
+        die "could not set root's home and shell in the mac root"
+}
+
 # ---------------------------------------------------------------- engines
 
 start_engine() {
@@ -471,7 +499,7 @@ start_engine() {
                 --host "unix://$dir/docker.sock" --pidfile "$dir/docker.pid" --mtu "$(mtu_of_uplink)" \
                 </dev/null >>"$dir/dockerd.log" 2>&1 7>&- 8>&- 9>&- &
             ;;
-        trixie)
+        trixie | mac)
             # inside the root: its own dockerd and containerd (Docker 26)
             setsid "$HERE/testenv/in-root.sh" "$dir" "$ns" /bin/sh -c \
                 'exec /usr/sbin/dockerd --pidfile /run/docker.pid >>/var/log/dockerd.log 2>&1' \
@@ -582,6 +610,10 @@ healthy() {
         if [[ -n $TESTENV_DOCKER_HOST ]]; then
             target_ssh "$dir" "$TESTENV_ADDRESS" "$TESTENV_PORT" docker info
         fi
+        # a mac target's engine is reachable only by finch over ssh: look from here
+        if [[ $TESTENV_KIND == mac ]]; then
+            engine_answers "$dir"
+        fi
     ) >/dev/null 2>&1
 }
 
@@ -609,7 +641,7 @@ cmd_up() {
     (($# == 2)) || usage
     local name=$1 kind=$2
     check_name "$name"
-    case $kind in engine | bare | trixie) ;; *) die "unknown kind '$kind' (engine, bare, trixie)" ;; esac
+    case $kind in engine | bare | trixie | mac) ;; *) die "unknown kind '$kind' (engine, bare, trixie, mac)" ;; esac
     require_deps
     if [[ $kind == engine ]]; then
         { [[ -x /usr/sbin/dockerd ]] && command -v docker >/dev/null; } ||
@@ -627,7 +659,7 @@ cmd_up() {
     # cache the root before taking any network resources (slow the first time)
     case $kind in
         bare) build_root_cache bookworm ;;
-        trixie) build_root_cache trixie ;;
+        trixie | mac) build_root_cache trixie ;;
     esac
 
     local started=$SECONDS n
@@ -658,17 +690,18 @@ cmd_up() {
             mkdir -p /run/sshd
             nsenter --net="/var/run/netns/$ns" /usr/sbin/sshd -f "$dir/sshd_config" -E "$dir/sshd.log" 7>&- 8>&- 9>&-
             ;;
-        bare | trixie)
+        bare | trixie | mac)
             local suite=bookworm
-            [[ $kind == trixie ]] && suite=trixie
+            [[ $kind == trixie || $kind == mac ]] && suite=trixie
             root_up "$dir" "$suite"
+            [[ $kind == mac ]] && mac_dress "$dir/root"
             "$HERE/testenv/in-root.sh" "$dir" "$ns" /usr/sbin/sshd \
                 -f /etc/ssh/cultivate_sshd_config -E /var/log/cultivate-sshd.log 7>&- 8>&- 9>&-
             ln -sf root/run/cultivate-sshd.pid "$dir/sshd.pid"
-            if [[ $kind == trixie ]]; then
-                dh=unix:///var/run/docker.sock
+            if [[ $kind == trixie || $kind == mac ]]; then
+                [[ $kind == trixie ]] && dh=unix:///var/run/docker.sock
                 echo "{\"mtu\": $mtu}" >"$dir/root/etc/docker/daemon.json"
-                start_engine "$dir" trixie "$ns"
+                start_engine "$dir" "$kind" "$ns"
                 ln -sf root/run/docker.pid "$dir/docker.pid"
             fi
             ;;
@@ -677,6 +710,11 @@ cmd_up() {
     wait_for "$UP_TIMEOUT" "sshd on $addr:22" target_ssh "$dir" "$addr" 22 true
     if [[ -n $dh ]]; then
         wait_for "$UP_TIMEOUT" "docker info over ssh" target_ssh "$dir" "$addr" 22 docker info
+    fi
+    if [[ $kind == mac ]]; then
+        wait_for "$UP_TIMEOUT" "the mac target's engine" engine_answers "$dir"
+        [[ $(target_ssh "$dir" "$addr" 22 uname -s) == Darwin ]] ||
+            { log "uname -s is not Darwin in the mac target"; false; }
     fi
     if [[ $kind == trixie ]]; then
         target_ssh "$dir" "$addr" 22 docker compose version >/dev/null ||
@@ -895,7 +933,7 @@ cmd_status() {
             addr="(not up)"
         fi
         pid_alive "$(target_pid "$dir/sshd.pid" "$dir")" && s=up
-        if [[ $kind == engine || $kind == trixie ]]; then
+        if [[ $kind == engine || $kind == trixie || $kind == mac ]]; then
             d=down
             pid_alive "$(target_pid "$dir/docker.pid" "$dir")" && d=up
         fi

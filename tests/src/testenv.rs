@@ -41,6 +41,12 @@ pub enum Kind {
     Trixie,
     /// Only an sshd on 127.0.0.1 (this machine's filesystem and engine).
     Loopback,
+    /// A stand-in macOS 14 host: the trixie root with `uname -s` saying
+    /// Darwin, `sw_vers`, root's home at `/Users/admin`, and its Docker 26
+    /// engine reachable only through a recording `finch` stand-in
+    /// (scripts/testenv/mac/finch); no `docker` or `docker-compose` on the
+    /// PATH. The Finch "VM" starts nonexistent.
+    Mac,
 }
 
 impl Kind {
@@ -51,6 +57,7 @@ impl Kind {
             Kind::Bare => "bare",
             Kind::Trixie => "trixie",
             Kind::Loopback => "loopback",
+            Kind::Mac => "mac",
         }
     }
 
@@ -60,11 +67,13 @@ impl Kind {
             "bare" => Kind::Bare,
             "trixie" => Kind::Trixie,
             "loopback" => Kind::Loopback,
+            "mac" => Kind::Mac,
             other => bail!("unknown target kind {other:?}"),
         })
     }
 
-    /// True when the target runs a Docker engine from the start.
+    /// True when the target runs a Docker engine from the start that an
+    /// ssh session can drive with `docker` (a mac target's engine is behind finch).
     pub fn has_docker(self) -> bool {
         matches!(self, Kind::Engine | Kind::Trixie)
     }
