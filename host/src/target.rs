@@ -91,8 +91,11 @@ impl std::fmt::Display for Target {
 }
 
 /// The shell snippet that describes a target; parsed by [`parse_target_info`].
+/// macOS has no `/etc/os-release`: `sw_vers` stands in for it there.
 pub const PROBE_SCRIPT: &str = "uname -s; uname -m; echo \"${HOME:-}\"; id -un 2>/dev/null || echo; echo ---; \
-                                cat /etc/os-release 2>/dev/null || true";
+                                cat /etc/os-release 2>/dev/null || \
+                                { v=$(sw_vers -productVersion 2>/dev/null) && \
+                                printf 'NAME=macOS\\nID=macos\\nVERSION_ID=%s\\nPRETTY_NAME=\"macOS %s\"\\n' \"$v\" \"$v\"; } || true";
 
 /// Parses the output of [`PROBE_SCRIPT`].
 pub fn parse_target_info(out: &str) -> TargetInfo {

@@ -27,6 +27,8 @@ pub fn list(printer: &Printer, args: &PluginsListArgs, settings: Option<&Setting
         }
         None => None,
     };
+    // What a deploy would use there (with --runtime, what it would force).
+    let selection = probes.as_ref().map(|(_, ps)| crate::plugins::select_runtimes(ps, args.target.runtime.as_deref()));
     let probe_of =
         |name: &str| probes.as_ref().and_then(|(_, ps)| ps.iter().find(|p| p.plugin.manifest().name == name));
 
@@ -59,6 +61,16 @@ pub fn list(printer: &Printer, args: &PluginsListArgs, settings: Option<&Setting
         if let Some((session, _)) = &probes {
             out["target"] =
                 json!({ "target": session.target.as_str(), "transport": session.transport, "info": session.info });
+        }
+        match &selection {
+            Some(Ok(sel)) => {
+                out["selected"] = json!({
+                    "images": sel.images.plugin.manifest().name,
+                    "stack": sel.stack.plugin.manifest().name,
+                })
+            }
+            Some(Err(e)) => out["selected"] = json!({ "error": e.message, "hint": e.hint }),
+            None => {}
         }
         printer.json_value(&out);
         return Ok(());
@@ -111,8 +123,17 @@ pub fn list(printer: &Printer, args: &PluginsListArgs, settings: Option<&Setting
             session.info.os,
             session.info.arch,
             session.transport,
-            session.info.os_release.get("PRETTY_NAME").map(String::as_str).unwrap_or("")
+            session.info.os_release.get("PRETTY_NAME").map(String::as_str).unwrap_or("unknown release")
         ));
+        match &selection {
+            Some(Ok(sel)) => printer.data(&format!(
+                "chosen: images {}, stack {}",
+                sel.images.plugin.manifest().name,
+                sel.stack.plugin.manifest().name
+            )),
+            Some(Err(e)) => printer.data(&format!("chosen: none: {}", e.message)),
+            None => {}
+        }
     }
     for f in &registry.failures {
         printer.data(&format!("failed to load {}: {}", f.path.display(), f.reason));

@@ -17,6 +17,7 @@ pub mod build;
 pub mod deploy;
 pub mod envfile;
 pub mod health;
+pub mod local_finch;
 pub mod lock;
 pub mod progress;
 pub mod release;
@@ -428,6 +429,12 @@ pub fn connect<'a>(settings: &'a Settings, printer: &'a Printer, install_deps: b
     }
     let runtimes = match selection {
         Ok(s) => s,
+        // `--runtime NAME` that is not there: its reason and what is there say it all.
+        Err(e)
+            if e.code == Code::RuntimeMissing && settings.runtime.is_some() && e.message.starts_with("--runtime ") =>
+        {
+            return Err(e.into())
+        }
         Err(e) if e.code == Code::RuntimeMissing && !install_deps => {
             let help = install_help(&registry, &session);
             let base = e.hint.clone().unwrap_or_default();
