@@ -9,6 +9,7 @@ use cultivate_plugin_api::ExecRequest;
 use sha2::{Digest, Sha256};
 
 use super::build::{self, BuiltImage, SERVICES};
+use super::local_finch::LocalFinch;
 use super::progress::BuildProgress;
 use super::release::{self, ReleaseImage, ReleaseRecord, ReleaseStatus};
 use super::switch::{self, Action, ServicePlan};
@@ -478,13 +479,45 @@ fn display_host(ctx: &Ctx<'_>) -> String {
 fn untag_local(images: &[BuiltImage]) {
     let refs: Vec<String> = images.iter().map(|i| i.reference.clone()).collect();
     if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        rt.block_on(async {
-            if let Ok(docker) = build::local_engine().await {
-                for r in refs {
-                    let _ = docker.remove_image(&r, None::<bollard::query_parameters::RemoveImageOptions>, None).await;
-                }
+        let engine = rt.block_on(async {
+            let docker = build::local_engine().await.ok()?;
+            for r in &refs {
+                let _ = docker.remove_image(r, None::<bollard::query_parameters::RemoveImageOptions>, None).await;
             }
+            Some(())
         });
+        if engine.is_none() {
+            if let Ok(Some(finch)) = LocalFinch::find() {
+                finch.untag(&refs);
+            }
+        }
+    }
+}
+
+/// What builds and exports images on this machine: its Docker engine, or
+/// Finch when there is no engine (a Mac with Finch only).
+enum LocalBuilder {
+    Engine(bollard::Docker),
+    Finch(LocalFinch),
+}
+
+impl LocalBuilder {
+    /// The engine when it answers; else Finch when it is here; else the engine's error.
+    fn find(rt: &tokio::runtime::Runtime) -> Result<LocalBuilder> {
+        match rt.block_on(build::local_engine()) {
+            Ok(docker) => Ok(LocalBuilder::Engine(docker)),
+            Err(engine_error) => match LocalFinch::find()? {
+                Some(finch) => Ok(LocalBuilder::Finch(finch)),
+                None => Err(engine_error),
+            },
+        }
+    }
+
+    fn export(&self, rt: &tokio::runtime::Runtime, reference: &str) -> Result<std::fs::File> {
+        match self {
+            LocalBuilder::Engine(docker) => rt.block_on(transfer::export_to_file(docker, reference)),
+            LocalBuilder::Finch(finch) => finch.save(reference),
+        }
     }
 }
 
@@ -501,10 +534,13 @@ fn build_images(ctx: &mut Ctx<'_>, version: &str) -> Result<Vec<BuiltImage>> {
         BuildMode::Local => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let printer = ctx.printer.clone();
+            let builder = LocalBuilder::find(&rt)?;
+            if let LocalBuilder::Finch(finch) = &builder {
+                ctx.printer.detail(&format!("no Docker engine here: building with {}", finch.bin.display()));
+            }
             let sink = move |line: &str| printer.detail(line);
             let progress = BuildProgress::new(ctx.printer.bars(), &SERVICES, Box::new(sink));
             let built = rt.block_on(async {
-                let docker = build::local_engine().await?;
                 let mut out = Vec::new();
                 for service in SERVICES {
                     let reference = build::image_ref(&s.project, service, version);
@@ -516,8 +552,14 @@ fn build_images(ctx: &mut Ctx<'_>, version: &str) -> Result<Vec<BuiltImage>> {
                         }
                         progress.line(service, line);
                     };
-                    let image =
-                        build::build_local(&docker, &context, service, &reference, &s.base_image, &mut step).await?;
+                    let image = match &builder {
+                        LocalBuilder::Engine(docker) => {
+                            build::build_local(docker, &context, service, &reference, &s.base_image, &mut step).await?
+                        }
+                        LocalBuilder::Finch(finch) => {
+                            finch.build(&context, service, &reference, &s.base_image, &mut step)?
+                        }
+                    };
                     progress
                         .finish(service, &format!("{} ({:.1}s)", image_summary(&image), began.elapsed().as_secs_f64()));
                     out.push(image);
@@ -539,6 +581,10 @@ fn build_images(ctx: &mut Ctx<'_>, version: &str) -> Result<Vec<BuiltImage>> {
         }
         BuildMode::Remote => build_remote(ctx, version, &context)?,
     };
+    finish_build(ctx, images, start)
+}
+
+fn finish_build(ctx: &mut Ctx<'_>, images: Vec<BuiltImage>, start: std::time::Instant) -> Result<Vec<BuiltImage>> {
     for i in &images {
         ctx.detail(&image_summary(i));
     }
@@ -611,7 +657,7 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
         .and_then(|p| p.details.get("image_store"))
         .is_none_or(|s| s != "classic");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let docker = rt.block_on(build::local_engine())?;
+    let builder = LocalBuilder::find(&rt)?;
     let mut stats = Vec::new();
     for image in images {
         ctx.checkpoint("deploy: sending images")?;
@@ -643,7 +689,7 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
             });
             continue;
         }
-        let mut archive = rt.block_on(transfer::export_to_file(&docker, &image.reference))?;
+        let mut archive = builder.export(&rt, &image.reference)?;
         let archive_bytes = transfer::file_len(&archive);
         let skip =
             if containerd { Default::default() } else { transfer::skippable_layer_files(&mut archive, &chains)? };
