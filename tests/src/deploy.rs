@@ -27,7 +27,7 @@ pub fn binary() -> PathBuf {
         .get_or_init(|| {
             let root = prereq::workspace_root();
             let bin = root.join("target/debug/cultivate");
-            let plugins = ["local", "ssh", "docker", "compose"];
+            let plugins = ["local", "ssh", "docker", "compose", "finch"];
             let have_all = bin.exists()
                 && plugins.iter().all(|p| root.join(format!("target/debug/libcultivate_plugin_{p}.so")).exists());
             if !have_all {
@@ -120,6 +120,10 @@ impl Via {
         // An engine target's dockerd listens on a socket on this machine.
         let docker_host_here = match target.kind {
             Kind::Engine => target.docker_host.clone(),
+            // The stand-in Mac's engine socket, seen from this machine: the
+            // tests look at its containers without any command reaching the
+            // target (only finch may drive the engine there).
+            Kind::Mac => Some(format!("unix://{}", target.dir.join("root/run/docker.sock").display())),
             _ => None,
         };
         Via::Ssh {
@@ -211,10 +215,13 @@ pub struct ProjectOptions {
     /// `[env]` values.
     pub env: Vec<(String, String)>,
     /// Deploy path on the target (default: DIR/deploy in the test's temp dir,
-    /// which an `engine` target shares with this machine).
+    /// which an `engine` target shares with this machine). Empty: none in the
+    /// configuration (the target's default; set [`Project::deploy_path`] to it).
     pub deploy_path: Option<String>,
     /// `health.timeout`.
     pub health_timeout: u64,
+    /// `health.drain_timeout`, when not the default.
+    pub drain_timeout: Option<u64>,
 }
 
 impl Default for ProjectOptions {
@@ -224,6 +231,7 @@ impl Default for ProjectOptions {
             env: vec![("APP_GREETING".into(), "Hello from the e2e tests".into())],
             deploy_path: None,
             health_timeout: 240,
+            drain_timeout: None,
         }
     }
 }
@@ -298,7 +306,9 @@ impl Project {
         text.push_str(&format!("project = {:?}\n", self.name));
         text.push_str(&format!("app_dir = {:?}\n", self.options.app_dir.display().to_string()));
         text.push_str(&format!("stack_dir = {:?}\n", root.display().to_string()));
-        text.push_str(&format!("deploy_path = {:?}\n", self.deploy_path));
+        if !self.options.deploy_path.as_deref().is_some_and(str::is_empty) {
+            text.push_str(&format!("deploy_path = {:?}\n", self.deploy_path));
+        }
         text.push_str("secrets_file = \"secrets.env\"\n");
         if let Via::Ssh { identity, known_hosts, .. } = &self.via {
             text.push_str(&format!(
@@ -310,6 +320,9 @@ impl Project {
         text.push_str(&format!("\n[ports]\nhttp = {}\nhttps = {}\n", self.http_port, self.https_port));
         text.push_str("\n[build]\nbase_image = \"cultivate/debian:bookworm\"\n");
         text.push_str(&format!("\n[health]\ntimeout = {}\n", self.options.health_timeout));
+        if let Some(d) = self.options.drain_timeout {
+            text.push_str(&format!("drain_timeout = {d}\n"));
+        }
         text.push_str("\n[env]\n");
         for (k, v) in &self.options.env {
             text.push_str(&format!("{k} = {v:?}\n"));
