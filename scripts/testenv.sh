@@ -461,7 +461,8 @@ mac_dress() {
     # mac_dress ROOT: the trixie root made a stand-in macOS 14 host. `uname`
     # says Darwin, `sw_vers` answers, there is no /etc/os-release, root's
     # home is /Users/admin and its login shell records every command that
-    # reaches it over ssh. The docker client moves off the PATH (to where
+    # reaches it over ssh; mv, stat, xargs and shasum behave as BSD's do
+    # where cultivate could trip on the difference. The docker client moves off the PATH (to where
     # only the finch stand-in uses it) and docker-compose goes: nothing but
     # `finch` can drive the engine. The VM starts "nonexistent".
     local r=$1 src=$HERE/testenv/mac
@@ -470,6 +471,16 @@ mac_dress() {
     install -m 755 "$src/finch" "$r/usr/local/bin/finch"
     mkdir -p "$r/usr/libexec/finch-standin" "$r/var/lib/finch-standin" "$r/var/log/finch-standin"
     install -m 755 "$src/record-shell" "$r/usr/libexec/finch-standin/record-shell"
+    # BSD userland where it differs from GNU in what cultivate sends: mv
+    # without -T (with -h), stat -f instead of -c, xargs without -r, shasum
+    # instead of sha256sum (a GNU-only command line fails here as on a Mac)
+    local tool
+    for tool in mv stat xargs shasum; do
+        install -m 755 "$src/$tool" "$r/usr/local/bin/$tool"
+    done
+    for tool in sha1sum sha256sum sha512sum; do
+        mv "$r/usr/bin/$tool" "$r/usr/libexec/finch-standin/$tool"
+    done
     mv "$r/usr/bin/docker" "$r/usr/libexec/finch-standin/docker"
     rm -f "$r/usr/bin/docker-compose" "$r/etc/os-release" "$r/usr/lib/os-release"
     : >"$r/var/log/finch-standin/invocations.log"

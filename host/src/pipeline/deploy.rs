@@ -819,7 +819,9 @@ fn upload_config(ctx: &Ctx<'_>, version: &str, files: &[ConfigFile]) -> Result<(
     // P22: every file arrived byte-exact with its mode.
     let names: Vec<String> = files.iter().map(|f| q(&format!("{dir}/{}", f.name))).collect();
     let out = ctx.session.sh(&format!(
-        "for f in {}; do printf '%s %s\\n' \"$(stat -c %a \"$f\")\" \"$(sha256sum < \"$f\" | cut -d' ' -f1)\"; done",
+        // GNU stat and sha256sum, or macOS's BSD stat and shasum
+        "for f in {}; do printf '%s %s\\n' \"$(stat -c %a \"$f\" 2>/dev/null || stat -f %Lp \"$f\")\" \
+         \"$(if command -v sha256sum >/dev/null 2>&1; then sha256sum; else shasum -a 256; fi < \"$f\" | cut -d' ' -f1)\"; done",
         names.join(" ")
     ))?;
     let lines: Vec<&str> = out.stdout.lines().collect();

@@ -243,11 +243,10 @@ impl<'a> Ctx<'a> {
         let q = cultivate_plugin_api::shell::quote;
         // A release made current runs: a `cultivate stop` before it is over.
         self.session.sh(&format!(
-            "ln -sfn {} {} && mv -Tf {} {} && rm -f {}",
+            "ln -sfn {} {} && {} && rm -f {}",
             q(&format!("releases/{version}")),
             q(&tmp),
-            q(&tmp),
-            q(&self.layout.current()),
+            mv_replace(&q(&tmp), &q(&self.layout.current())),
             q(&self.layout.stopped())
         ))?;
         Ok(())
@@ -354,7 +353,7 @@ impl<'a> Ctx<'a> {
             .and_then(|_| {
                 self.session.sh(&format!(
                     "find {dir} -maxdepth 1 -name '*.log' -type f -mtime +{days} -delete; \
-                     ls -1t {dir}/*.log 2>/dev/null | tail -n +201 | xargs -r rm -f; \
+                     ls -1t {dir}/*.log 2>/dev/null | tail -n +201 | while IFS= read -r f; do rm -f \"$f\"; done; \
                      find {dir} -maxdepth 1 -name '*.log' -type f ! -perm 600 -exec chmod 600 {{}} +",
                     dir = q(&self.layout.logs())
                 ))?;
@@ -365,6 +364,13 @@ impl<'a> Ctx<'a> {
             Err(e) => self.printer.warn(&format!("could not write the deploy log to {path}: {e:#}")),
         }
     }
+}
+
+/// A shell command that renames `src` (quoted) to `dest` (quoted), replacing
+/// `dest` itself even when it is a symbolic link to a directory: GNU mv's
+/// `-T`, which macOS's BSD mv lacks; its `-h` does the same there.
+pub fn mv_replace(src: &str, dest: &str) -> String {
+    format!("if [ \"$(uname -s)\" = Darwin ]; then mv -fh {src} {dest}; else mv -Tf {src} {dest}; fi")
 }
 
 /// Default deploy directory for the target's OS.

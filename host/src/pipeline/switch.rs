@@ -454,9 +454,10 @@ fn switch_site(ctx: &mut Ctx<'_>, record: &ReleaseRecord) -> Result<bool> {
     })?;
     let out = ctx.session.sh(&format!(
         "cd {d} && if [ \"$(readlink site 2>/dev/null)\" = {t} ]; then echo same; else \
-         ln -sfn {t} .site.tmp && mv -Tf .site.tmp site && echo moved; fi",
+         ln -sfn {t} .site.tmp && {mv} && echo moved; fi",
         d = q(&dir),
-        t = q(&format!("sites/{id}"))
+        t = q(&format!("sites/{id}")),
+        mv = super::mv_replace(".site.tmp", "site")
     ))?;
     Ok(out.stdout.trim() == "moved")
 }

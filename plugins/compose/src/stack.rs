@@ -438,7 +438,7 @@ impl Compose {
              c=$(e create {image}); trap 'e rm -f \"$c\" >/dev/null 2>&1; rm -rf \"$t\"' EXIT; \
              mkdir -p \"$t\"; e cp \"$c\":{path} - | tar -x -C \"$t\" --strip-components=1 --no-same-owner; \
              [ -n \"$(ls -A \"$t\")\" ] || {{ echo \"{path} of {image} is empty or missing\" >&2; exit 1; }}; \
-             chmod -R a+rX \"$t\"; mv -T \"$t\" \"$d\"",
+             chmod -R a+rX \"$t\"; if [ \"$(uname -s)\" = Darwin ]; then mv \"$t\" \"$d\"; else mv -T \"$t\" \"$d\"; fi",
             d = q(req.dest.trim_end_matches('/')),
             image = q(&req.image),
             path = q(req.path.trim_end_matches('/')),
