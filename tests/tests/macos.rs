@@ -39,14 +39,21 @@ struct Shared {
 
 static SHARED: Mutex<Shared> = Mutex::new(Shared { target: None, done: 0 });
 
+/// Held by the test using the stand-in Mac: its tests take turns (one resets
+/// the Finch VM, which would break the other's deploy), whatever the number
+/// of test threads.
+static TURN: Mutex<()> = Mutex::new(());
+
 /// One test's use of the shared stand-in Mac; the last selected user tears it down.
 struct MacTarget {
     expected: usize,
     target: Target,
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl MacTarget {
     fn take() -> Option<MacTarget> {
+        let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
         let expected = deploy::selected(MAC_USERS).max(1);
         let ready = prereq::require(prereq::docker_available(), "this machine's Docker engine (builds the images)")
             && prereq::require(deploy::base_image_present(), "image cultivate/debian:bookworm")
@@ -71,7 +78,7 @@ impl MacTarget {
             }
         }
         let target = Target::attach(MAC).expect("attaching the stand-in Mac");
-        Some(MacTarget { expected, target })
+        Some(MacTarget { expected, target, _turn: turn })
     }
 }
 
@@ -435,4 +442,29 @@ fn mac_build_machine_uses_finch_build_and_save() {
 
 fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
+}
+
+/// The check of the ssh record finds docker commands however they are
+/// written, and only them.
+#[test]
+fn docker_words_finds_docker_commands_only() {
+    for cmd in [
+        "docker ps",
+        "sh -c 'docker info'",
+        "cd /x && /usr/bin/docker compose up",
+        "docker-compose -p x up -d",
+        "true; docker load",
+        "e() { docker \"$@\"; }",
+        "root=$(docker info --format x)",
+    ] {
+        assert!(!docker_words(cmd).is_empty(), "{cmd}");
+    }
+    for cmd in [
+        "cd /Users/admin/cultivate/releases/m1 && /usr/local/bin/finch compose -p p -f docker-compose.yml up -d",
+        "ls /usr/libexec/docker/cli-plugins",
+        "cat /Users/admin/cultivate/current/docker-compose.yml",
+        "finch load",
+    ] {
+        assert!(docker_words(cmd).is_empty(), "{cmd}: {:?}", docker_words(cmd));
+    }
 }

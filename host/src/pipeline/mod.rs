@@ -392,7 +392,7 @@ pub fn deploy_path(settings: &Settings, session: &Session) -> Result<String> {
         for bad in ["/opt", "/var", "/etc", "/usr", "/tmp", "/private"] {
             if path == bad || path.starts_with(&format!("{bad}/")) {
                 return Err(crate::error::usage(format!(
-                    "deploy_path {path} is outside the Finch VM's reach on macOS (it sees only the home directory and /Volumes)"
+                    "deploy_path {path} is outside the Finch VM's reach on macOS (it sees only the home directory, and /Volumes once shared with it)"
                 ))
                 .hint("set deploy_path = \"~/cultivate\"")
                 .into());
