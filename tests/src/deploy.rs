@@ -382,6 +382,23 @@ impl Project {
         curl(&["-fsS", "-m", "20", &self.url(path)])
     }
 
+    /// `GET /api/info` through the frontend, as JSON.
+    pub fn info(&self) -> serde_json::Value {
+        let body = self.get("/api/info").unwrap_or_else(|e| panic!("GET /api/info: {e:#}"));
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("/api/info is not JSON ({e}): {body}"))
+    }
+
+    /// The example application answers through the frontend: its page, and
+    /// a backend that reaches the database through the socket.
+    pub fn assert_example_answers(&self) {
+        let page = self.get("/").unwrap_or_else(|e| panic!("GET / on {}: {e:#}", self.url("/")));
+        assert!(page.contains("cultivate example app"), "the frontend did not serve the example's page:\n{page}");
+        let health = self.get("/api/health").unwrap_or_else(|e| panic!("GET /api/health: {e:#}"));
+        let v: serde_json::Value = serde_json::from_str(&health).expect("health JSON");
+        assert_eq!(v["status"], "ok", "{health}");
+        assert_eq!(v["database"], "ok", "the backend did not reach the database through the socket: {health}");
+    }
+
     /// POST JSON through the frontend.
     pub fn post_json(&self, path: &str, body: &str) -> Result<String> {
         curl(&[

@@ -57,20 +57,6 @@ fn broken_backend(parent: &std::path::Path, marker: &str) -> std::path::PathBuf 
     })
 }
 
-fn info(p: &Project) -> serde_json::Value {
-    let body = p.get("/api/info").unwrap_or_else(|e| panic!("GET /api/info: {e:#}"));
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("/api/info is not JSON ({e}): {body}"))
-}
-
-fn assert_frontend_answers(p: &Project) {
-    let page = p.get("/").unwrap_or_else(|e| panic!("GET / on {}: {e:#}", p.url("/")));
-    assert!(page.contains("cultivate example app"), "the frontend did not serve the example's page:\n{page}");
-    let health = p.get("/api/health").unwrap_or_else(|e| panic!("GET /api/health: {e:#}"));
-    let v: serde_json::Value = serde_json::from_str(&health).expect("health JSON");
-    assert_eq!(v["status"], "ok", "{health}");
-    assert_eq!(v["database"], "ok", "the backend did not reach the database through the socket: {health}");
-}
-
 fn version_of(run: &Run) -> String {
     run.json()["version"].as_str().expect("version in the JSON result").to_string()
 }
@@ -114,7 +100,7 @@ fn main_job_local_deploy() {
     let first = p.deploy(&["--json"]);
     first.expect_code(0);
     assert_eq!(first.json()["outcome"], "deployed", "{}", first.output());
-    assert_frontend_answers(&p);
+    p.assert_example_answers();
     let note = format!("local note {}", random_hex(6));
     let created = p.post_json("/api/notes", &serde_json::json!({ "body": note }).to_string()).expect("POST /api/notes");
     assert!(created.contains(&note), "{created}");
@@ -139,8 +125,8 @@ fn deploy_over_ssh_to_engine_target() {
     let first = p.deploy(&["--json"]);
     first.expect_code(0);
     assert!(p.url("/").contains(engine.address()));
-    assert_frontend_answers(&p);
-    assert_eq!(info(&p)["edition"], serde_json::Value::Null);
+    p.assert_example_answers();
+    assert_eq!(p.info()["edition"], serde_json::Value::Null);
 
     let edition = format!("changed-{}", random_hex(4));
     let app = app_copy(p.dir.path(), |s| {
@@ -154,7 +140,7 @@ fn deploy_over_ssh_to_engine_target() {
     p.set_app_dir(&app);
     let second = p.deploy(&["--json"]);
     second.expect_code(0);
-    assert_eq!(info(&p)["edition"], edition.as_str(), "the changed backend is not served");
+    assert_eq!(p.info()["edition"], edition.as_str(), "the changed backend is not served");
 
     let report = second.json();
     let transfers = report["transfers"].as_array().expect("transfers");
@@ -316,8 +302,8 @@ fn p22_configuration_deployment_completeness() {
     assert_eq!(modes, ["644", "600"], "modes of docker-compose.yml and .env");
 
     // The running backend got the configured value through the .env.
-    assert_eq!(info(&p)["greeting"], greeting.as_str());
-    assert_eq!(info(&p)["secretConfigured"], true);
+    assert_eq!(p.info()["greeting"], greeting.as_str());
+    assert_eq!(p.info()["secretConfigured"], true);
 }
 
 /// P23: a backend that cannot start makes the first deploy of a project fail,
@@ -353,7 +339,7 @@ fn p24_p30_p31_failed_deploy_rolls_back_and_rollback_restores_configuration() {
     let options = ProjectOptions { env: vec![("APP_GREETING".into(), greeting_a.clone())], ..Default::default() };
     let mut p = Project::new("p24", 20140, engine.via(), options);
     p.deploy(&["--release-version", "r1"]).expect_code(0);
-    assert_eq!(info(&p)["greeting"], greeting_a.as_str());
+    assert_eq!(p.info()["greeting"], greeting_a.as_str());
     let note = format!("written before B {}", random_hex(4));
     p.post_json("/api/notes", &serde_json::json!({ "body": note }).to_string()).expect("POST /api/notes");
 
@@ -367,23 +353,23 @@ fn p24_p30_p31_failed_deploy_rolls_back_and_rollback_restores_configuration() {
     assert!(b.stderr.contains(&marker), "diagnostics (the backend's log) missing:\n{}", b.stderr);
     assert!(b.stderr.contains("backend"), "{}", b.stderr);
     assert!(b.stderr.contains("rolled back to release r1, which is healthy"), "{}", b.stderr);
-    assert_eq!(info(&p)["greeting"], greeting_a.as_str(), "A's configuration is not served after the rollback");
+    assert_eq!(p.info()["greeting"], greeting_a.as_str(), "A's configuration is not served after the rollback");
     assert_eq!(p.current_release().expect("current"), "r1");
     let notes = p.get("/api/notes").expect("GET /api/notes");
     assert!(notes.contains(&note), "the row written before B is gone: {notes}");
-    assert_frontend_answers(&p);
+    p.assert_example_answers();
 
     // C: good again, third greeting; then `cultivate rollback` goes back to A.
     p.set_app_dir(&workspace_root().join("examples/app"));
     let greeting_c = format!("greeting C {}", random_hex(4));
     p.set_env("APP_GREETING", &greeting_c);
     p.deploy(&["--release-version", "r3"]).expect_code(0);
-    assert_eq!(info(&p)["greeting"], greeting_c.as_str());
+    assert_eq!(p.info()["greeting"], greeting_c.as_str());
     let rb = p.run(&["rollback"]);
     rb.expect_code(0);
     assert!(rb.stderr.contains("release r1 is current and healthy"), "{}", rb.output());
     assert_eq!(p.current_release().expect("current"), "r1");
-    assert_eq!(info(&p)["greeting"], greeting_a.as_str(), "rollback did not restore A's configuration");
+    assert_eq!(p.info()["greeting"], greeting_a.as_str(), "rollback did not restore A's configuration");
     assert!(p.get("/api/notes").expect("notes").contains(&note));
     let env_a = p.via.sh(&format!("cat {}/releases/r1/.env", p.deploy_path)).expect(".env of r1");
     assert!(env_a.contains(&greeting_a), "{env_a}");
@@ -408,7 +394,7 @@ fn p27_secret_exclusion() {
     let env = p.via.sh(&format!("cat {dir}/.env")).expect(".env");
     assert!(env.contains(&format!("APP_SECRET={secret}")), "the secret is not in the target's .env");
     assert_eq!(p.via.sh(&format!("stat -c %a {dir}/.env")).expect("stat").trim(), "600");
-    assert_eq!(info(&p)["secretConfigured"], true);
+    assert_eq!(p.info()["secretConfigured"], true);
 
     for run in [&verbose, &quiet] {
         assert!(!run.stdout.contains(&secret), "secret in stdout of `cultivate {}`", run.args.join(" "));
@@ -614,7 +600,7 @@ fn deploy_to_docker26_compose_v2_target() {
         return;
     }
     run.expect_code(0);
-    assert_frontend_answers(&p);
+    p.assert_example_answers();
     drop(p);
     target.down().expect("tearing down the trixie target");
 }
@@ -664,7 +650,7 @@ fn p18_dependency_installation_on_bare_target() {
     let version = target.ssh_ok("docker version --format '{{.Server.Version}}'").expect("docker on the target");
     assert!(!version.trim().is_empty());
     target.ssh_ok("docker-compose version || docker compose version").expect("compose on the target");
-    assert_frontend_answers(&p);
+    p.assert_example_answers();
     drop(p);
     target.down().expect("tearing down the bare target");
 }

@@ -28,10 +28,6 @@ fn engine() -> Option<SharedEngine> {
     SharedEngine::take(ENGINE, ENGINE_USERS)
 }
 
-fn info(p: &Project) -> serde_json::Value {
-    serde_json::from_str(&p.get("/api/info").unwrap_or_else(|e| panic!("GET /api/info: {e:#}"))).expect("JSON")
-}
-
 /// The greeting the release `current` names was deployed with.
 fn current_greeting(p: &Project) -> String {
     let env = p.via.sh(&format!("cat {}/current/.env", p.deploy_path)).expect("current .env");
@@ -75,7 +71,7 @@ fn assert_current_serves(p: &Project, what: &str) {
     assert_eq!(status.code, 0, "{what}: status failed\n{}", status.output());
     assert_eq!(status.json()["healthy"], true, "{what}: not healthy\n{}", status.output());
     let greeting = current_greeting(p);
-    assert_eq!(info(p)["greeting"], greeting.as_str(), "{what}: what serves is not the current release");
+    assert_eq!(p.info()["greeting"], greeting.as_str(), "{what}: what serves is not the current release");
     assert_eq!(p.containers("backend", false).len(), 1, "{what}: not exactly one backend after status");
 }
 
@@ -118,7 +114,7 @@ fn sigkill_at_every_stage_leaves_a_serving_release() {
     p.set_app_dir(&prereq::workspace_root().join("examples/app"));
     p.set_env("APP_GREETING", "greeting last");
     p.deploy(&[]).expect_code(0);
-    assert_eq!(info(&p)["greeting"], "greeting last");
+    assert_eq!(p.info()["greeting"], "greeting last");
     assert!(p.run(&["lock", "status"]).stdout.contains("unlocked"));
 }
 
@@ -183,11 +179,11 @@ fn a_full_deploy_filesystem_is_named_and_nothing_is_half_applied() {
     assert!(run.stderr.contains("tmpfs"), "the filesystem is not named:\n{}", run.stderr);
     assert!(p.via.sh(&format!("test ! -e {d}/.lock && test ! -e {d}/releases/r2", d = p.deploy_path)).is_ok());
     assert_eq!(p.current_release().expect("current"), "r1");
-    assert_eq!(info(&p)["greeting"], "before the disk filled");
+    assert_eq!(p.info()["greeting"], "before the disk filled");
 
     std::fs::remove_file(&filler).expect("freeing space");
     p.deploy(&["--release-version", "r3"]).expect_code(0);
-    assert_eq!(info(&p)["greeting"], "while the disk is full");
+    assert_eq!(p.info()["greeting"], "while the disk is full");
     drop(p);
 }
 
@@ -219,8 +215,8 @@ fn two_projects_deploy_to_one_target_at_once() {
         });
         ra.expect_code(0);
         rb.expect_code(0);
-        assert_eq!(info(&a)["greeting"], format!("a {round} {tag}").as_str());
-        assert_eq!(info(&b)["greeting"], format!("b {round} {tag}").as_str());
+        assert_eq!(a.info()["greeting"], format!("a {round} {tag}").as_str());
+        assert_eq!(b.info()["greeting"], format!("b {round} {tag}").as_str());
     }
     let releases = a.via.sh(&format!("ls {}/releases | wc -l", a.deploy_path)).expect("ls");
     assert_eq!(releases.trim(), "2", "pruning keeps 2 releases");
@@ -368,11 +364,11 @@ fn a_full_engine_data_root_is_named_and_nothing_is_half_applied() {
         "the backend of r2 was tagged although it could not be loaded"
     );
     assert_eq!(p.current_release().expect("current"), "r1");
-    assert_eq!(info(&p)["edition"], serde_json::Value::Null, "r1 does not serve");
+    assert_eq!(p.info()["edition"], serde_json::Value::Null, "r1 does not serve");
 
     std::fs::remove_file(&filler).expect("freeing space");
     p.deploy(&["--release-version", "r3"]).expect_code(0);
-    assert_eq!(info(&p)["edition"], edition.as_str());
+    assert_eq!(p.info()["edition"], edition.as_str());
     drop(p);
     drop(guard);
     target.down().expect("tearing down");

@@ -146,15 +146,6 @@ fn count(lines: &[String], needle: &str) -> usize {
     lines.iter().filter(|l| l.contains(needle)).count()
 }
 
-fn assert_frontend_answers(p: &Project) {
-    let page = p.get("/").unwrap_or_else(|e| panic!("GET / on {}: {e:#}", p.url("/")));
-    assert!(page.contains("cultivate example app"), "the frontend did not serve the example's page:\n{page}");
-    let health = p.get("/api/health").unwrap_or_else(|e| panic!("GET /api/health: {e:#}"));
-    let v: serde_json::Value = serde_json::from_str(&health).expect("health JSON");
-    assert_eq!(v["status"], "ok", "{health}");
-    assert_eq!(v["database"], "ok", "{health}");
-}
-
 fn greeting(p: &Project) -> String {
     let body = p.get("/api/info").unwrap_or_else(|e| panic!("GET /api/info: {e:#}"));
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
@@ -223,7 +214,7 @@ fn mac_deploy_fail_rollback_through_finch() {
     assert!(init < first_load, "the VM was initialised after images were loaded:\n{}", finch.join("\n"));
     assert!(count(&finch, "finch compose -p ") > 0, "{}", finch.join("\n"));
     assert_eq!(std::fs::read_to_string(in_root(t, "/var/lib/finch-standin/vm")).unwrap_or_default().trim(), "running");
-    assert_frontend_answers(&p);
+    p.assert_example_answers();
     assert_eq!(greeting(&p), greeting_a);
     assert_eq!(p.current_release().expect("current"), "m1");
     assert!(
@@ -292,7 +283,7 @@ fn mac_deploy_fail_rollback_through_finch() {
     assert!(b.stderr.contains("rolled back to release m1, which is healthy"), "{}", b.stderr);
     assert_eq!(p.current_release().expect("current"), "m1");
     assert_eq!(greeting(&p), greeting_a, "m1's configuration is not served after the rollback");
-    assert_frontend_answers(&p);
+    p.assert_example_answers();
 
     // 5. --runtime finch on the stand-in: a good release m3 with another greeting.
     p.set_app_dir(&workspace_root().join("examples/app"));
@@ -417,7 +408,7 @@ fn mac_build_machine_uses_finch_build_and_save() {
     let all: Vec<String> = vec!["-c".into(), p.config.display().to_string(), "deploy".into(), "--json".into()];
     let run = run_binary_with(&deploy::binary(), &all, &p.log_dir, p.dir.path(), &env);
     run.expect_code(0);
-    assert_frontend_answers(&p);
+    p.assert_example_answers();
     let local = std::fs::read_to_string(&record).expect("the local finch record");
     let lines: Vec<String> = local.lines().map(|l| l.split_once(' ').map(|x| x.1).unwrap_or(l).to_string()).collect();
     for svc in ["database", "backend", "frontend"] {

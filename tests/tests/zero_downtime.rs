@@ -79,10 +79,6 @@ fn action_of(run: &Run, service: &str) -> String {
     actions(run).into_iter().find(|(s, _)| s == service).map(|(_, a)| a).unwrap_or_default()
 }
 
-fn info(p: &Project) -> serde_json::Value {
-    serde_json::from_str(&p.get("/api/info").expect("GET /api/info")).expect("/api/info JSON")
-}
-
 /// A copy of examples/app under `parent` with a changed backend and/or page.
 fn changed_app(parent: &std::path::Path, edition: &str, title: Option<&str>) -> std::path::PathBuf {
     std::fs::create_dir_all(parent).expect("dir");
@@ -131,14 +127,14 @@ fn five_switches(mut p: Project) {
     assert_eq!(action_of(&dry, "frontend"), "unchanged", "{}", dry.output());
     assert!(dry.stderr.contains("backend: switched (zero downtime)"), "{}", dry.stderr);
     assert_eq!(p.current_release().expect("current"), before, "a dry run moved current");
-    assert_ne!(info(&p)["edition"], edition_a.as_str(), "a dry run deployed");
+    assert_ne!(p.info()["edition"], edition_a.as_str(), "a dry run deployed");
     let (r, run_a) = under_load(&p, || p.deploy(&["--json"]));
     run_a.expect_code(0);
     assert_no_failure("(a) backend change", &r, &run_a);
     assert_eq!(action_of(&run_a, "backend"), "switched", "{}", run_a.output());
     assert_eq!(action_of(&run_a, "database"), "unchanged", "{}", run_a.output());
     assert_eq!(action_of(&run_a, "frontend"), "unchanged", "{}", run_a.output());
-    assert_eq!(info(&p)["edition"], edition_a.as_str(), "the new backend is not serving");
+    assert_eq!(p.info()["edition"], edition_a.as_str(), "the new backend is not serving");
     assert_eq!(identity(&p, "database"), db, "(a) touched the database container");
     assert_eq!(identity(&p, "frontend"), fe, "(a) touched the frontend container");
     let version_a = run_a.json()["version"].as_str().expect("version").to_string();
@@ -181,7 +177,7 @@ fn five_switches(mut p: Project) {
     assert_no_failure("(d) failed deploy and automatic rollback", &r, &run_d);
     assert!(run_d.stderr.contains("refusing to start"), "diagnostics missing:\n{}", run_d.stderr);
     assert_eq!(p.current_release().expect("current"), version_a);
-    assert_eq!(info(&p)["edition"], edition_a.as_str(), "the old backend is not serving after the rollback");
+    assert_eq!(p.info()["edition"], edition_a.as_str(), "the old backend is not serving after the rollback");
     assert_eq!(identity(&p, "database"), db, "(d) touched the database container");
     assert_eq!(identity(&p, "frontend"), fe, "(d) touched the frontend container");
     assert!(p.get("/api/notes").expect("notes").contains(&note), "the note written first is gone");
@@ -277,12 +273,12 @@ fn killed_during_the_switch_status_repairs() {
     );
     assert_eq!(v["healthy"], true, "{}", status.output());
     assert_eq!(p.containers("backend", false).len(), 1, "still two backends after the repair");
-    assert_ne!(info(&p)["edition"], edition.as_str(), "the uncommitted backend serves");
+    assert_ne!(p.info()["edition"], edition.as_str(), "the uncommitted backend serves");
     assert_eq!(identity(&p, "database"), db);
 
     let again = p.deploy(&["--json"]);
     again.expect_code(0);
-    assert_eq!(info(&p)["edition"], edition.as_str());
+    assert_eq!(p.info()["edition"], edition.as_str());
     drop(p);
     target.down().expect("tearing down the target");
 }
@@ -332,5 +328,5 @@ fn a_plugin_of_api_1_0_still_deploys_with_the_whole_stack_recreated() {
     let second = run_with_plugins(&p, &plugins, &["deploy", "--runtime", "docker-compose-1.0", "--json"]);
     second.expect_code(0);
     assert!(second.stderr.contains("recreating the whole stack"), "{}", second.output());
-    assert_eq!(info(&p)["edition"], edition.as_str());
+    assert_eq!(p.info()["edition"], edition.as_str());
 }
