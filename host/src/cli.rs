@@ -115,6 +115,9 @@ pub enum Command {
     Config(ConfigCommand),
     /// Write a commented cultivate.toml (same as `config init`)
     Init(InitArgs),
+    /// The stack (Dockerfiles, compose file, nginx, database scripts) built into cultivate
+    #[command(subcommand)]
+    Stack(StackCommand),
     /// List plugins and what they find on a target
     #[command(subcommand)]
     Plugins(PluginsCommand),
@@ -323,6 +326,25 @@ pub enum ConfigCommand {
     Init(InitArgs),
 }
 
+/// `stack` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StackCommand {
+    /// Write the built-in stack into the project (docker/ and compose/) to customise it;
+    /// cultivate then uses the project's copy
+    Eject(EjectArgs),
+}
+
+/// `stack eject` options.
+#[derive(Debug, Args, Clone, Default)]
+pub struct EjectArgs {
+    /// Directory to write docker/ and compose/ into (default: the configuration file's directory)
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Overwrite stack files already there
+    #[arg(long)]
+    pub force: bool,
+}
+
 /// `init` options.
 #[derive(Debug, Args, Clone, Default)]
 pub struct InitArgs {
@@ -332,6 +354,9 @@ pub struct InitArgs {
     /// Overwrite an existing file
     #[arg(long)]
     pub force: bool,
+    /// The `target` to write (default `local`)
+    #[arg(long)]
+    pub target: Option<String>,
 }
 
 /// `plugins` subcommands.

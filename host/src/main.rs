@@ -6,6 +6,7 @@
 
 mod certs;
 mod certs_check;
+mod checks;
 mod cli;
 mod commands;
 mod error;
@@ -18,6 +19,7 @@ mod redact;
 mod secrets;
 mod session;
 mod settings;
+mod stack;
 mod target;
 
 use clap::Parser;

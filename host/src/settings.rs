@@ -71,6 +71,26 @@ pub struct FileConfig {
     logs: LogsFile,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    #[serde(default)]
+    app: AppFile,
+    #[serde(default)]
+    release: ReleaseFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppFile {
+    health_path: Option<String>,
+    build_command: Option<String>,
+    output_dir: Option<String>,
+    start_command: Option<String>,
+    node_version: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseFile {
+    command: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +180,32 @@ pub struct HealthSettings {
     pub drain_secs: u64,
 }
 
+/// How the application is built and run (docs/your-app.md).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AppSettings {
+    /// The backend's health route (GET, 200 when it can serve).
+    pub health_path: String,
+    /// Run in frontend/ to build it; empty for a directory of static files.
+    pub build_command: String,
+    /// The directory (relative to frontend/) the site is in after the build.
+    pub output_dir: String,
+    /// Starts the backend, in backend/.
+    pub start_command: String,
+    /// The Node.js major version the application needs (the base image's).
+    pub node_version: u32,
+}
+
+/// Default `app.health_path`.
+pub const DEFAULT_HEALTH_PATH: &str = "/health";
+/// Default `app.build_command`.
+pub const DEFAULT_BUILD_COMMAND: &str = "node build.js";
+/// Default `app.output_dir`.
+pub const DEFAULT_OUTPUT_DIR: &str = "dist";
+/// Default `app.start_command`.
+pub const DEFAULT_START_COMMAND: &str = "node server.js";
+/// Default `app.node_version`: Debian bookworm's nodejs.
+pub const DEFAULT_NODE_VERSION: u32 = 18;
+
 /// Everything a command needs, resolved.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Settings {
@@ -175,8 +221,12 @@ pub struct Settings {
     pub deploy_path: Option<String>,
     /// The application (frontend/ and backend/).
     pub app_dir: PathBuf,
-    /// The directory holding `docker/` and `compose/`.
-    pub stack_dir: PathBuf,
+    /// The directory holding the project's own `docker/` and `compose/`, when set.
+    pub stack_dir: Option<PathBuf>,
+    /// How the application is built and run.
+    pub app: AppSettings,
+    /// Run once per deploy in a one-off backend container before traffic moves.
+    pub release_command: Option<String>,
     /// SSH.
     pub ssh: SshSettings,
     /// Published HTTP port.
@@ -399,8 +449,54 @@ pub fn resolve(
             PathBuf::new()
         }
     };
-    let stack_dir =
-        env_of("stack_dir").or(cfg.stack_dir.clone()).map(|s| path_of(&s)).unwrap_or_else(|| base_dir.clone());
+    let stack_dir = env_of("stack_dir").or(cfg.stack_dir.clone()).map(|s| path_of(&s));
+
+    // app and release
+    let health_path = cfg.app.health_path.clone().unwrap_or_else(|| DEFAULT_HEALTH_PATH.into());
+    if !health_path.starts_with('/')
+        || !health_path.bytes().all(|b| b.is_ascii_graphic())
+        || health_path.contains(['\'', '"', '$', '`', '\\'])
+    {
+        problem(
+            "app.health_path",
+            format!("`{health_path}` must be a URL path starting with `/`, without spaces or quotes, e.g. \"/health\""),
+        );
+    }
+    let command_ok = |c: &str| !c.contains(['\n', '\r', '\0', '\'']) && !c.contains("${");
+    let build_command = cfg.app.build_command.clone().unwrap_or_else(|| DEFAULT_BUILD_COMMAND.into());
+    if !command_ok(&build_command) {
+        problem("app.build_command", "must be one line without single quotes or `${`".into());
+    }
+    let output_dir = cfg.app.output_dir.clone().unwrap_or_else(|| DEFAULT_OUTPUT_DIR.into());
+    if output_dir.is_empty()
+        || output_dir.starts_with('/')
+        || output_dir.split('/').any(|c| c == "..")
+        || !output_dir.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+    {
+        problem(
+            "app.output_dir",
+            format!(
+                "`{output_dir}` must be a relative path inside frontend/ (`.` for the directory itself), e.g. \"dist\""
+            ),
+        );
+    }
+    let start_command = cfg.app.start_command.clone().unwrap_or_else(|| DEFAULT_START_COMMAND.into());
+    if start_command.trim().is_empty() || !command_ok(&start_command) {
+        problem(
+            "app.start_command",
+            "must be one non-empty line without single quotes or `${`, e.g. \"node server.js\"".into(),
+        );
+    }
+    let node_version = cfg.app.node_version.unwrap_or(DEFAULT_NODE_VERSION);
+    if !(10..=99).contains(&node_version) {
+        problem("app.node_version", format!("{node_version} is not a Node.js major version, e.g. 18"));
+    }
+    let release_command = cfg.release.command.clone().filter(|c| !c.trim().is_empty());
+    if let Some(c) = &release_command {
+        if !command_ok(c) {
+            problem("release.command", "must be one line without single quotes or `${`".into());
+        }
+    }
 
     let parse_u64 = |_key: &str, v: Option<String>| -> Option<Result<u64, String>> {
         v.map(|s| s.trim().parse::<u64>().map_err(|_| format!("`{s}` is not a whole number")))
@@ -561,8 +657,8 @@ pub fn resolve(
                 "is not a valid variable name (A-Z, 0-9, _; not starting with a digit)".into(),
             );
         }
-        if RESERVED_ENV.contains(&k.as_str()) {
-            problem(&format!("env.{k}"), "is set by cultivate itself; use the matching setting instead".into());
+        if let Some(why) = reserved(k) {
+            problem(&format!("env.{k}"), format!("collides with a variable cultivate sets itself ({why}); rename it"));
         }
     }
 
@@ -589,6 +685,8 @@ pub fn resolve(
         deploy_path,
         app_dir,
         stack_dir,
+        app: AppSettings { health_path, build_command, output_dir, start_command, node_version },
+        release_command,
         ssh,
         http_port,
         https_port,
@@ -618,6 +716,7 @@ pub fn resolve(
 pub const RESERVED_ENV: &[&str] = &[
     "HTTP_PORT",
     "HTTPS_PORT",
+    "HTTP_BIND",
     "RELEASE_VERSION",
     "IMAGE_PREFIX",
     "CERT_DIR",
@@ -626,7 +725,26 @@ pub const RESERVED_ENV: &[&str] = &[
     "BACKEND_TAG",
     "FRONTEND_TAG",
     "COMPOSE_PROJECT_NAME",
+    "TLS_CERT_NAME",
+    "TLS_KEY_NAME",
+    "HEALTHCHECK_INTERVAL",
+    "RELEASE_COMMAND",
 ];
+
+/// Variables the backend's container gets from cultivate's stack.
+pub const BACKEND_ENV: &[&str] =
+    &["NODE_ENV", "PORT", "DB_SOCKET_DIR", "DB_NAME", "DB_USER", "HEALTH_PATH", "START_COMMAND", "HOME", "PATH"];
+
+/// Why `key` cannot be an `[env]` key or a secret: `None` when it can.
+pub fn reserved(key: &str) -> Option<&'static str> {
+    if RESERVED_ENV.contains(&key) || key.starts_with("COMPOSE_") || key.starts_with("DOCKER_") {
+        Some("cultivate writes it into the release's .env")
+    } else if BACKEND_ENV.contains(&key) {
+        Some("the backend's container gets it from the stack")
+    } else {
+        None
+    }
+}
 
 fn expand_path(s: &str, base: &Path) -> PathBuf {
     if let Some(rest) = s.strip_prefix("~/") {
@@ -704,7 +822,19 @@ pub fn load_secrets(path: &Path) -> anyhow::Result<BTreeMap<String, String>> {
         .into());
     }
     let text = fs_err::read_to_string(path)?;
-    parse_secrets(&text).map_err(|e| crate::error::usage(format!("secrets file {}: {e}", path.display())).into())
+    let secrets =
+        parse_secrets(&text).map_err(|e| crate::error::usage(format!("secrets file {}: {e}", path.display())))?;
+    let clashes: Vec<String> = secrets.keys().filter_map(|k| reserved(k).map(|why| format!("{k} ({why})"))).collect();
+    if !clashes.is_empty() {
+        return Err(crate::error::usage(format!(
+            "secrets file {}: these names collide with variables cultivate sets itself: {}",
+            path.display(),
+            clashes.join(", ")
+        ))
+        .hint("rename them in the secrets file and in the application")
+        .into());
+    }
+    Ok(secrets)
 }
 
 /// The process environment as a map.
@@ -782,7 +912,10 @@ mod tests {
         assert_eq!(s.deploy_path, None);
         assert_eq!(s.tls, None);
         assert_eq!(s.app_dir, PathBuf::from("/srv/app/app"));
-        assert_eq!(s.stack_dir, PathBuf::from("/srv/app"));
+        assert_eq!(s.stack_dir, None);
+        assert_eq!(s.app.health_path, DEFAULT_HEALTH_PATH);
+        assert_eq!(s.app.start_command, DEFAULT_START_COMMAND);
+        assert_eq!(s.release_command, None);
     }
 
     #[test]
@@ -815,6 +948,39 @@ mod tests {
         let e =
             resolve_text("target = \"local\"\napp_dir = \"a\"\ntargett = 1", &[], Overrides::default()).unwrap_err();
         assert!(e.to_string().contains("targett"), "{e}");
+    }
+
+    #[test]
+    fn env_names_cultivate_sets_are_refused() {
+        for k in ["PORT", "DB_USER", "RELEASE_VERSION", "COMPOSE_FILE", "HTTP_PORT"] {
+            let e = resolve_text(
+                &format!("target = \"local\"\napp_dir = \"a\"\n[env]\n{k} = \"x\""),
+                &[],
+                Overrides::default(),
+            )
+            .unwrap_err();
+            assert_eq!(keys(&e), [format!("env.{k}")]);
+            assert!(e.to_string().contains("collides with a variable cultivate sets itself"), "{e}");
+        }
+        assert!(reserved("APP_SECRET").is_none());
+    }
+
+    #[test]
+    fn secrets_named_like_cultivate_variables_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.env");
+        std::fs::write(&path, "OK=1\nPORT=80\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = load_secrets(&path).unwrap_err();
+        assert!(format!("{e:#}").contains("PORT (the backend's container"), "{e:#}");
+    }
+
+    #[test]
+    fn app_settings_are_checked() {
+        let text = "target = \"local\"\napp_dir = \"a\"\n[app]\nhealth_path = \"health\"\noutput_dir = \"../x\"\nstart_command = \"\"\n[release]\ncommand = \"echo '1'\"";
+        let e = resolve_text(text, &[], Overrides::default()).unwrap_err();
+        assert_eq!(keys(&e), ["app.health_path", "app.output_dir", "app.start_command", "release.command"]);
     }
 
     #[test]

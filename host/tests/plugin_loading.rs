@@ -181,7 +181,9 @@ fn runtime_override_unavailable_on_the_target_names_the_available_ones() {
     let Some(dir) = first_party_plugins_with_an_engine() else { return };
     let app = tempfile::tempdir().unwrap();
     let config = app.path().join("cultivate.toml");
-    std::fs::write(&config, "target = \"local\"\napp_dir = \".\"\n").unwrap();
+    // A valid application: the checks before a deploy pass, so the runtime choice is what fails.
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/app");
+    std::fs::write(&config, format!("target = \"local\"\napp_dir = {:?}\n", example.display().to_string())).unwrap();
     let out = cultivate(&[dir.path()], &["deploy", "--dry-run", "--runtime", "finch", "-c", config.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let shown = text(&out);

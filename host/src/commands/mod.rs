@@ -9,7 +9,7 @@ mod target;
 
 use anyhow::Result;
 
-use crate::cli::{CertsCommand, Cli, Command, ConfigCommand, LockCommand, PluginsCommand};
+use crate::cli::{CertsCommand, Cli, Command, ConfigCommand, LockCommand, PluginsCommand, StackCommand};
 use crate::output::Printer;
 
 /// True for `cultivate logs --purge-local`, which needs no leak warning.
@@ -62,6 +62,7 @@ pub fn run(cli: &Cli, printer: &Printer) -> Result<()> {
         }
         Command::Config(ConfigCommand::Check(args)) => config::check(printer, config, args),
         Command::Config(ConfigCommand::Init(args)) | Command::Init(args) => config::init(printer, args),
+        Command::Stack(StackCommand::Eject(args)) => config::eject(printer, config, args),
         Command::Deploy(args) => deploy::deploy(printer, config, args),
         Command::Rollback(args) => deploy::rollback(printer, config, args),
         Command::Releases(args) => target::releases(printer, config, args),

@@ -122,7 +122,7 @@ fn repair_if_needed(ctx: &mut pipeline::Ctx<'_>, current: &str) -> Result<Vec<St
         return Ok(Vec::new());
     }
     ctx.status(&format!("repairing: moving the stack back to release {current}"));
-    let result = switch::converge(ctx, current, &record, true, false);
+    let result = switch::converge(ctx, current, &record, true, false, None);
     ctx.unlock();
     result.with_context(|| format!("repairing the stack to release {current} failed"))?;
     ctx.printer.success(&format!("repaired: release {current} runs as recorded"));

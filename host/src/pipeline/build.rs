@@ -86,21 +86,40 @@ fn add_dir(builder: &mut tar::Builder<Vec<u8>>, src: &Path, prefix: &str) -> Res
     Ok(())
 }
 
-/// The build context: `docker/` from the stack directory and the app as `app/`.
-pub fn context_tar(stack_dir: &Path, app_dir: &Path) -> Result<Vec<u8>> {
-    let docker = stack_dir.join("docker");
-    if !docker.join("Dockerfile.backend").is_file() {
-        bail!(crate::error::usage(format!("{} has no Dockerfile.backend", docker.display()))
-            .hint("set `stack_dir` to the directory holding docker/ and compose/"));
-    }
+/// The build context: the stack's `docker/` (built in, or the project's) and the app as `app/`.
+pub fn context_tar(stack: &crate::stack::Stack, app_dir: &Path) -> Result<Vec<u8>> {
     for part in ["frontend", "backend"] {
         if !app_dir.join(part).is_dir() {
             bail!(crate::error::usage(format!("the application at {} has no {part}/ directory", app_dir.display()))
-                .hint("set `app_dir` to a directory with frontend/ and backend/"));
+                .hint("set `app_dir` to a directory with frontend/ and backend/ (docs/your-app.md)"));
         }
     }
     let mut builder = tar::Builder::new(Vec::new());
-    add_dir(&mut builder, &docker, "docker").with_context(|| format!("packing {}", docker.display()))?;
+    match stack {
+        crate::stack::Stack::Project(dir) => {
+            let docker = dir.join("docker");
+            if !docker.join("Dockerfile.backend").is_file() {
+                bail!(crate::error::usage(format!("{} has no Dockerfile.backend", docker.display()))
+                    .hint("set `stack_dir` to the directory holding docker/ and compose/, or remove it to use the built-in stack"));
+            }
+            add_dir(&mut builder, &docker, "docker").with_context(|| format!("packing {}", docker.display()))?;
+        }
+        crate::stack::Stack::Builtin => {
+            // Same order, names and metadata as a project copy: the same context, the same cache.
+            let mut files: Vec<_> = crate::stack::BUILTIN.iter().filter(|f| f.path.starts_with("docker/")).collect();
+            files.sort_by_key(|f| f.path);
+            for f in files {
+                let mut header = tar::Header::new_gnu();
+                header.set_size(f.data.len() as u64);
+                header.set_mode(f.mode);
+                header.set_mtime(0);
+                header.set_uid(0);
+                header.set_gid(0);
+                header.set_entry_type(tar::EntryType::Regular);
+                builder.append_data(&mut header, f.path, f.data)?;
+            }
+        }
+    }
     add_dir(&mut builder, app_dir, "app").with_context(|| format!("packing {}", app_dir.display()))?;
     Ok(builder.into_inner()?)
 }
@@ -111,9 +130,17 @@ pub async fn local_engine() -> Result<Docker> {
     docker.negotiate_version().await.context("cannot reach this machine's Docker engine (is dockerd running?)")
 }
 
-/// Build arguments for the Dockerfiles.
-pub fn build_args(base_image: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([("BASE_IMAGE".to_string(), base_image.to_string()), ("APP_DIR".to_string(), "app".to_string())])
+/// Build arguments for the Dockerfiles: the base image and how the application is built and run.
+pub fn build_args(base_image: &str, app: &crate::settings::AppSettings) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("BASE_IMAGE".to_string(), base_image.to_string()),
+        ("APP_DIR".to_string(), "app".to_string()),
+        ("HEALTH_PATH".to_string(), app.health_path.clone()),
+        ("FRONTEND_BUILD".to_string(), app.build_command.clone()),
+        ("FRONTEND_OUTPUT".to_string(), app.output_dir.clone()),
+        ("START_COMMAND".to_string(), app.start_command.clone()),
+        ("NODE_MAJOR".to_string(), app.node_version.to_string()),
+    ])
 }
 
 /// Builds one service's image on this machine's engine, calling `step` for
@@ -124,9 +151,10 @@ pub async fn build_local(
     service: &str,
     reference: &str,
     base_image: &str,
+    app: &crate::settings::AppSettings,
     step: &mut (dyn FnMut(&str) + Send),
 ) -> Result<BuiltImage> {
-    let args: HashMap<String, String> = build_args(base_image).into_iter().collect();
+    let args: HashMap<String, String> = build_args(base_image, app).into_iter().collect();
     let options = BuildImageOptionsBuilder::new()
         .dockerfile(&format!("docker/Dockerfile.{service}"))
         .t(reference)
@@ -200,8 +228,11 @@ mod tests {
     #[test]
     fn context_holds_docker_and_app_with_fixed_metadata() {
         let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-        let tar_bytes = context_tar(&root, &root.join("examples/app")).unwrap();
-        let again = context_tar(&root, &root.join("examples/app")).unwrap();
+        let project = crate::stack::Stack::Project(root.clone());
+        let tar_bytes = context_tar(&project, &root.join("examples/app")).unwrap();
+        let again = context_tar(&project, &root.join("examples/app")).unwrap();
+        let builtin = context_tar(&crate::stack::Stack::Builtin, &root.join("examples/app")).unwrap();
+        assert_eq!(tar_bytes, builtin, "the built-in stack gives the same context as the repository's");
         assert_eq!(tar_bytes, again, "an unchanged tree gives the same context byte for byte");
         let mut archive = tar::Archive::new(tar_bytes.as_slice());
         let names: Vec<String> =
@@ -214,7 +245,7 @@ mod tests {
     #[test]
     fn missing_app_parts_are_named() {
         let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-        let err = context_tar(&root, Path::new("/nonexistent-app")).unwrap_err();
+        let err = context_tar(&crate::stack::Stack::Project(root), Path::new("/nonexistent-app")).unwrap_err();
         assert!(format!("{err:#}").contains("/nonexistent-app has no frontend/"), "{err:#}");
     }
 }

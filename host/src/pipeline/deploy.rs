@@ -63,6 +63,8 @@ fn git_short_hash(dir: &std::path::Path) -> Option<String> {
 
 /// Runs a deploy with `settings`.
 pub fn run(settings: &Settings, printer: &Printer) -> Result<DeployReport> {
+    // Before anything runs (--dry-run included): every problem at once, exit 2.
+    crate::checks::enforce(settings)?;
     let secrets = match &settings.secrets_file {
         Some(path) => crate::settings::load_secrets(path)?,
         None => BTreeMap::new(),
@@ -157,7 +159,9 @@ fn plan(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, String>) ->
     } else {
         None
     };
+    let stack = crate::stack::Stack::locate(s.stack_dir.as_deref(), &s.base_dir);
     let steps = [
+        format!("use {}", stack.describe()),
         format!(
             "build {} images ({}, base {})",
             SERVICES.len(),
@@ -177,6 +181,13 @@ fn plan(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, String>) ->
             if s.tls.is_some() { " and the certificate" } else { "" },
             ctx.layout.release(version)
         ),
+        match &s.release_command {
+            Some(c) => format!(
+                "run the release command `{c}` once, in a one-off container of the new backend image \
+                 connected to the database, before any traffic moves; if it fails, stop there"
+            ),
+            None => "no release command (`[release] command` is not set)".to_string(),
+        },
         if switch::supported(ctx) {
             format!(
                 "move the stack to it service by service with {} (project {}), ports {} and {}: \
@@ -425,8 +436,18 @@ fn deploy_locked(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, St
 /// Moves the running stack to `version`: service by service without
 /// downtime when the stack plugin can, else the whole stack recreated.
 pub fn start_release(ctx: &mut Ctx<'_>, version: &str, record: &ReleaseRecord) -> Result<Vec<ServicePlan>> {
+    let settings = ctx.settings;
     if switch::supported(ctx) {
-        return switch::converge(ctx, version, record, true, true);
+        return switch::converge(ctx, version, record, true, true, settings.release_command.as_deref());
+    }
+    if settings.release_command.is_some() {
+        bail!(crate::error::usage(format!(
+            "{} {} cannot run a release command before traffic moves (it lacks {}); nothing was started",
+            ctx.stack.manifest().name,
+            ctx.stack.manifest().version,
+            ops::SWITCH_OPERATIONS.join(", ")
+        ))
+        .hint("use a stack plugin that can switch services (compose), or remove `[release] command`"));
     }
     ctx.warn(&format!(
         "{} {} cannot switch services without downtime (it lacks {}): recreating the whole stack",
@@ -528,7 +549,9 @@ fn image_summary(i: &BuiltImage) -> String {
 
 fn build_images(ctx: &mut Ctx<'_>, version: &str) -> Result<Vec<BuiltImage>> {
     let s = ctx.settings;
-    let context = build::context_tar(&s.stack_dir, &s.app_dir)?;
+    let stack = crate::stack::Stack::locate(s.stack_dir.as_deref(), &s.base_dir);
+    ctx.detail(&format!("stack: {}", stack.describe()));
+    let context = build::context_tar(&stack, &s.app_dir)?;
     let start = std::time::Instant::now();
     let images = match s.build_mode {
         BuildMode::Local => {
@@ -554,10 +577,11 @@ fn build_images(ctx: &mut Ctx<'_>, version: &str) -> Result<Vec<BuiltImage>> {
                     };
                     let image = match &builder {
                         LocalBuilder::Engine(docker) => {
-                            build::build_local(docker, &context, service, &reference, &s.base_image, &mut step).await?
+                            build::build_local(docker, &context, service, &reference, &s.base_image, &s.app, &mut step)
+                                .await?
                         }
                         LocalBuilder::Finch(finch) => {
-                            finch.build(&context, service, &reference, &s.base_image, &mut step)?
+                            finch.build(&context, service, &reference, &s.base_image, &s.app, &mut step)?
                         }
                     };
                     progress
@@ -614,7 +638,7 @@ fn build_remote(ctx: &mut Ctx<'_>, version: &str, context: &[u8]) -> Result<Vec<
             context_dir: dir.clone(),
             dockerfile: format!("docker/Dockerfile.{service}"),
             tag: reference.clone(),
-            build_args: build::build_args(&s.base_image),
+            build_args: build::build_args(&s.base_image, &s.app),
             labels: BTreeMap::new(),
         };
         let cmd = ctx.images_op::<ops::ImageBuildCommand>(&req)?;
@@ -762,10 +786,15 @@ fn config_files(
     images: &BTreeMap<String, ReleaseImage>,
 ) -> Result<Vec<ConfigFile>> {
     let s = ctx.settings;
-    let compose_path = s.stack_dir.join("compose").join("docker-compose.yml");
-    let compose = fs_err::read(&compose_path).map_err(|e| {
-        crate::error::usage(format!("cannot read the compose file: {e}"))
-            .hint("set `stack_dir` to the directory holding compose/docker-compose.yml")
+    let stack = crate::stack::Stack::locate(s.stack_dir.as_deref(), &s.base_dir);
+    // Every [env] key and secret reaches the backend (and the release command) by name; values stay in .env.
+    let names: Vec<&str> = s.env.keys().chain(secrets.keys()).map(String::as_str).collect();
+    let compose = crate::stack::render_compose(&stack.compose()?, &names).map_err(|e| {
+        crate::error::usage(e).hint(format!(
+            "add the line `{}` to the backend's environment in {}, or remove the project's stack to use the built-in one",
+            crate::stack::ENV_MARKER,
+            crate::stack::COMPOSE
+        ))
     })?;
     let tags = images
         .iter()
@@ -780,6 +809,10 @@ fn config_files(
         tags,
         root: &ctx.layout.root,
     });
+    let mut system = system;
+    if let Some(c) = &s.release_command {
+        system.insert("RELEASE_COMMAND".into(), c.clone());
+    }
     let env = envfile::render(version, &system, &s.env, secrets)
         .map_err(|errs| crate::error::usage(format!("values that cannot go into .env:\n  {}", errs.join("\n  "))))?;
     let mut files = vec![

@@ -81,11 +81,12 @@ impl LocalFinch {
         service: &str,
         reference: &str,
         base_image: &str,
+        app: &crate::settings::AppSettings,
         step: &mut dyn FnMut(&str),
     ) -> Result<BuiltImage> {
         let dir = tempfile::Builder::new().prefix("cultivate-build-").tempdir().context("a build directory")?;
         tar::Archive::new(context).unpack(dir.path()).context("unpacking the build context")?;
-        let argv = build_argv(dir.path(), service, reference, &build_args(base_image));
+        let argv = build_argv(dir.path(), service, reference, &build_args(base_image, app));
         let out = self.command().args(&argv).output().with_context(|| format!("running {}", self.bin.display()))?;
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         // finch build's output arrives when it is done (not streamed)
@@ -188,7 +189,10 @@ mod tests {
 
     #[test]
     fn build_command_names_the_dockerfile_and_the_args() {
-        let args = build_args("base:1");
+        let args = BTreeMap::from([
+            ("APP_DIR".to_string(), "app".to_string()),
+            ("BASE_IMAGE".to_string(), "base:1".to_string()),
+        ]);
         let argv = build_argv(Path::new("/tmp/ctx"), "backend", "p-backend:v1", &args);
         assert_eq!(
             argv,

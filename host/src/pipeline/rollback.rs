@@ -20,7 +20,7 @@ pub fn start_and_verify(ctx: &mut Ctx<'_>, version: &str) -> Result<()> {
     let record = ctx.read_record(version)?;
     let result = match record {
         Some(record) if super::switch::supported(ctx) => {
-            super::switch::converge(ctx, version, &record, true, false).map(|_| ())
+            super::switch::converge(ctx, version, &record, true, false, None).map(|_| ())
         }
         _ => legacy_start(ctx, version),
     };

@@ -10,6 +10,9 @@
 //!    own configuration hash and the image ID): unchanged, switched,
 //!    reloaded or restarted ([`plan`]);
 //! 2. database: recreated only when its image or configuration changed;
+//!    Then, for a deploy with `[release] command`, the release command runs
+//!    once in a one-off container of the new backend image ([`run_release_command`]);
+//!    if it fails, nothing else moves;
 //! 3. backend: a second container of the new configuration starts beside the
 //!    running one; once healthy, the edge points at it and reloads, the old
 //!    nginx workers finish their requests, then the old container stops. A new
@@ -487,6 +490,7 @@ pub fn converge(
     record: &ReleaseRecord,
     announce: bool,
     interruptible: bool,
+    release_command: Option<&str>,
 ) -> Result<Vec<ServicePlan>> {
     let safe_point = |ctx: &Ctx<'_>| if interruptible { ctx.checkpoint("switching services") } else { Ok(()) };
     let stack = ctx.stack_ref(version);
@@ -517,6 +521,15 @@ pub fn converge(
             timeout_secs: Some(30),
         })?;
         wait_for(ctx, &stack, "database", None).context("the database did not become healthy")?;
+    }
+
+    // The release command: the database is up, the new images are loaded, no traffic has moved.
+    if let Some(command) = release_command {
+        safe_point(ctx)?;
+        if matches!(action(&plan, "database"), Some(Action::Unchanged | Action::Reloaded | Action::Switched)) {
+            wait_for(ctx, &stack, "database", None).context("the database is not healthy")?;
+        }
+        run_release_command(ctx, &stack, command)?;
     }
 
     // Backend: behind the edge.
@@ -573,6 +586,92 @@ pub fn converge(
         }
     }
     Ok(plan)
+}
+
+/// Longest a release command may run.
+pub const RELEASE_COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The `release` service of the compose file: a one-off container of the new backend image.
+pub const RELEASE_SERVICE: &str = "release";
+
+fn release_containers(ctx: &Ctx<'_>, stack: &StackRef) -> Result<Vec<ServiceState>> {
+    Ok(stack_states(ctx, stack)?.into_iter().filter(|s| s.service == RELEASE_SERVICE).collect())
+}
+
+fn remove_release_containers(ctx: &Ctx<'_>, stack: &StackRef) -> Result<()> {
+    let containers: Vec<String> =
+        release_containers(ctx, stack)?.into_iter().map(|s| s.id.unwrap_or(s.container)).collect();
+    if !containers.is_empty() {
+        ctx.stack_op::<ops::ContainerRemove>(&ops::ContainerRemoveRequest { containers, timeout_secs: Some(5) })?;
+    }
+    Ok(())
+}
+
+/// Runs `command` once in a one-off container of the release's backend image
+/// (compose service `release`: the backend's environment, volumes and
+/// network), waits for it to exit and removes it. Its output goes to the
+/// deploy log; a non-zero exit is an error carrying the output's last lines.
+pub fn run_release_command(ctx: &mut Ctx<'_>, stack: &StackRef, command: &str) -> Result<()> {
+    ctx.status(&format!("running the release command `{command}`"));
+    let start = Instant::now();
+    // A leftover of an interrupted deploy would be started again instead of a new one.
+    remove_release_containers(ctx, stack)?;
+    ctx.stack_op::<ops::StackUpServices>(&ops::UpServicesRequest {
+        stack: stack.clone(),
+        services: vec![RELEASE_SERVICE.into()],
+        force_recreate: true,
+        timeout_secs: Some(5),
+    })
+    .context("starting the release command's container failed")?;
+    let exited = loop {
+        let mine = release_containers(ctx, stack)?;
+        match mine.first() {
+            Some(s) if s.state != "running" && s.state != "created" && s.state != "restarting" => {
+                break Some(s.clone())
+            }
+            None => bail!("the release command's container vanished before it exited"),
+            _ => {}
+        }
+        if start.elapsed() > RELEASE_COMMAND_TIMEOUT || crate::interrupt::received().is_some() {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let logs = ctx
+        .stack_op::<ops::StackLogs>(&ops::StackLogsRequest {
+            stack: stack.clone(),
+            services: vec![RELEASE_SERVICE.into()],
+            tail: Some(500),
+        })
+        .map(|t| t.text)
+        .unwrap_or_else(|e| format!("(its output could not be read: {e:#})"));
+    let output: Vec<String> = logs
+        .lines()
+        .filter(|l| !l.starts_with("Attaching to "))
+        .map(|l| l.split_once(" | ").map(|(_, rest)| rest).unwrap_or(l).trim_end().to_string())
+        .collect();
+    for line in &output {
+        ctx.log.record("INFO", &format!("release command: {line}"));
+        tracing::info!("release command: {line}");
+    }
+    let _ = remove_release_containers(ctx, stack);
+    let secs = start.elapsed().as_secs_f64();
+    let tail = output.iter().rev().take(20).rev().cloned().collect::<Vec<_>>().join("\n");
+    match exited {
+        None => bail!(
+            "the release command `{command}` did not finish within {}s (stopped); its output:\n{tail}",
+            RELEASE_COMMAND_TIMEOUT.as_secs()
+        ),
+        Some(s) if s.exit_code == Some(0) => {
+            ctx.log.record("INFO", &format!("release command `{command}` succeeded in {secs:.1}s"));
+            ctx.detail(&format!("release command: succeeded in {secs:.1}s ({} lines of output in the deploy log)", output.len()));
+            Ok(())
+        }
+        Some(s) => bail!(
+            "the release command `{command}` failed (exit code {}) before any traffic moved to the new release; its output:\n{tail}",
+            s.exit_code.map(|c| c.to_string()).unwrap_or_else(|| s.state.clone())
+        ),
+    }
 }
 
 /// How long a plan's restarts keep the site down, for the summary.
