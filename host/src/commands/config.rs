@@ -79,6 +79,30 @@ pub struct Detected {
     pub secrets_file: Option<String>,
 }
 
+/// The backend's JavaScript (node_modules left out, at most 200 files), for guessing its health route.
+fn backend_code(backend: &Path) -> String {
+    let mut code = String::new();
+    let mut dirs = vec![backend.to_path_buf()];
+    let mut files = 0;
+    while let Some(dir) = dirs.pop() {
+        let Ok(rd) = fs_err::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                if !e.file_name().to_string_lossy().starts_with(['.']) && e.file_name() != "node_modules" {
+                    dirs.push(path);
+                }
+            } else if path.extension().is_some_and(|x| x == "js" || x == "mjs" || x == "cjs" || x == "ts")
+                && files < 200
+            {
+                files += 1;
+                code.push_str(&fs_err::read_to_string(&path).unwrap_or_default());
+            }
+        }
+    }
+    code
+}
+
 fn scripts(dir: &Path) -> Option<serde_json::Map<String, serde_json::Value>> {
     let text = fs_err::read_to_string(dir.join("package.json")).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
@@ -113,14 +137,7 @@ pub fn detect(dir: &Path) -> Option<Detected> {
             .map(|f| format!("node {f}"))
     });
     // The health route: the first of the usual ones the backend's code mentions.
-    let code: String = fs_err::read_dir(&backend)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.path().extension().is_some_and(|x| x == "js" || x == "mjs" || x == "cjs"))
-                .filter_map(|e| fs_err::read_to_string(e.path()).ok())
-                .collect()
-        })
-        .unwrap_or_default();
+    let code = backend_code(&backend);
     d.health_path = ["/healthz", "/health", "/api/health", "/status"]
         .iter()
         .find(|p| {
@@ -241,7 +258,8 @@ mod tests {
         };
         assert_eq!(detect(dir.path()), None);
         w("shop/backend/package.json", r#"{"scripts":{"start":"node api.js"}}"#);
-        w("shop/backend/api.js", "if (req.url === '/healthz') ok();");
+        w("shop/backend/api.js", "require('./lib/routes');");
+        w("shop/backend/lib/routes.js", "if (req.url === '/healthz') ok();");
         w("shop/frontend/public/index.html", "<p>hi</p>");
         w("secrets.env", "A=1\n");
         let d = detect(dir.path()).unwrap();
