@@ -245,6 +245,25 @@ mod tests {
         assert_eq!(render_compose(b"services: {}\n", &[]).unwrap(), b"services: {}\n");
     }
 
+    proptest::proptest! {
+        /// Whatever the names, each reaches both services exactly once, by name
+        /// (`KEY: ${KEY}`), and nothing else of the file changes.
+        #[test]
+        fn every_name_once_per_service(keys in proptest::collection::btree_set("[A-Z][A-Z0-9_]{0,12}", 0..12)) {
+            let base = builtin(COMPOSE).unwrap().data;
+            let keys: Vec<&str> = keys.iter().map(String::as_str).filter(|k| crate::settings::reserved(k).is_none()).collect();
+            let out = String::from_utf8(render_compose(base, &keys).unwrap()).unwrap();
+            let original = String::from_utf8_lossy(base);
+            for k in &keys {
+                let line = format!("      {k}: ${{{k}}}\n");
+                let already = original.matches(&format!("      {k}: ")).count();
+                proptest::prop_assert_eq!(out.matches(&line).count() + already, 2, "{}", k);
+            }
+            let removed: String = out.lines().filter(|l| !keys.iter().any(|k| *l == format!("      {k}: ${{{k}}}"))).map(|l| format!("{l}\n")).collect();
+            proptest::prop_assert_eq!(removed, original.to_string());
+        }
+    }
+
     #[test]
     fn eject_writes_then_refuses_to_overwrite() {
         let dir = tempfile::tempdir().unwrap();
