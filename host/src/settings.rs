@@ -85,6 +85,7 @@ struct AppFile {
     output_dir: Option<String>,
     start_command: Option<String>,
     node_version: Option<u32>,
+    spa_fallback: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -193,6 +194,8 @@ pub struct AppSettings {
     pub start_command: String,
     /// The Node.js major version the application needs (the base image's).
     pub node_version: u32,
+    /// Serve index.html for a path that is no file (client-side routing); else 404.
+    pub spa_fallback: bool,
 }
 
 /// Default `app.health_path`.
@@ -685,7 +688,14 @@ pub fn resolve(
         deploy_path,
         app_dir,
         stack_dir,
-        app: AppSettings { health_path, build_command, output_dir, start_command, node_version },
+        app: AppSettings {
+            health_path,
+            build_command,
+            output_dir,
+            start_command,
+            node_version,
+            spa_fallback: cfg.app.spa_fallback.unwrap_or(true),
+        },
         release_command,
         ssh,
         http_port,

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use cultivate_e2e::deploy::{
-    copy_tree, random_hex, run_binary, write_file_mode, Project, ProjectOptions, SharedEngine, Via,
+    copy_tree, curl, random_hex, run_binary, write_file_mode, Project, ProjectOptions, SharedEngine, Via,
 };
 use cultivate_e2e::prereq;
 
@@ -41,7 +41,7 @@ fn config_text(p: &Project, app_dir: &str, ssh: &str) -> String {
         "target = {target:?}\nproject = {project:?}\napp_dir = {app_dir:?}\ndeploy_path = {deploy:?}\n\
          secrets_file = \"secrets.env\"\n\n{ssh}\n[ports]\nhttp = {http}\nhttps = {https}\n\n\
          [build]\nbase_image = \"cultivate/debian:bookworm\"\n\n[health]\ntimeout = 120\n\n\
-         [app]\nhealth_path = \"/healthz\"\nstart_command = \"node src/main.js\"\nbuild_command = \"\"\noutput_dir = \"public\"\n\n\
+         [app]\nhealth_path = \"/healthz\"\nstart_command = \"node src/main.js\"\nbuild_command = \"\"\noutput_dir = \"public\"\nspa_fallback = false\n\n\
          [release]\ncommand = \"node migrate.js\"\n\n\
          [env]\nNOTES_TITLE = \"Team notes: $HOME & more #1\"\nNOTES_REGION = \"eu-west\"\n",
         target = match &p.via {
@@ -152,6 +152,10 @@ fn own_application_with_migrations_env_and_checks() {
     assert_eq!(body["title"], "Team notes: $HOME & more #1", "{body}");
     assert_eq!(runs_of(&body, "r1"), 1, "{body}");
     p.post_json("/api/notes", "{\"title\":\"Written by r1\"}").expect("POST a note");
+    // Static files served; no SPA fallback: a path that is no file is a 404.
+    assert!(p.get("/").expect("GET /").contains("<title>Notes</title>"));
+    let status = curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", &p.url("/no/such/page")]).expect("curl");
+    assert_eq!(status, "404", "app.spa_fallback = false");
 
     // Every [env] key and secret reaches the backend.
     let cfg: serde_json::Value =

@@ -140,6 +140,7 @@ pub fn build_args(base_image: &str, app: &crate::settings::AppSettings) -> BTree
         ("FRONTEND_OUTPUT".to_string(), app.output_dir.clone()),
         ("START_COMMAND".to_string(), app.start_command.clone()),
         ("NODE_MAJOR".to_string(), app.node_version.to_string()),
+        ("SPA_FALLBACK".to_string(), if app.spa_fallback { "on" } else { "off" }.to_string()),
     ])
 }
 
