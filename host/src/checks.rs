@@ -188,9 +188,34 @@ pub fn certs(s: &Settings) -> Vec<Problem> {
     }
 }
 
+/// Commands that call npm or npx, which the images do not have (Debian's
+/// `nodejs` without `npm`; no registry either).
+pub fn commands(s: &Settings) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut check = |key: &str, command: Option<&str>, fix: &str| {
+        if let Some(c) = command {
+            if let Some(tool) = c.split_whitespace().next().filter(|w| *w == "npm" || *w == "npx") {
+                out.push(problem(
+                    key,
+                    format!("`{c}` needs {tool}, which the images do not have (Node.js only, no npm registry): {fix}"),
+                ));
+            }
+        }
+    };
+    check("app.start_command", Some(&s.app.start_command), "run node directly, e.g. \"node server.js\"");
+    check("app.build_command", Some(&s.app.build_command), "run node directly, e.g. \"node build.js\"");
+    check(
+        "release.command",
+        s.release_command.as_deref(),
+        "call the vendored tool, e.g. \"node_modules/.bin/prisma migrate deploy\"",
+    );
+    out
+}
+
 /// Every check, in order.
 pub fn all(s: &Settings) -> Vec<Problem> {
     let mut out = app_layout(s);
+    out.extend(commands(s));
     out.extend(stack(s));
     out.extend(secrets(s));
     out.extend(certs(s));
@@ -294,6 +319,23 @@ mod tests {
         write(&dir.path().join("app/backend/package.json"), "{not json");
         let m = messages(&app_layout(&ok));
         assert!(m.len() == 1 && m[0].contains("is not valid JSON"), "{m:?}");
+    }
+
+    #[test]
+    fn npm_and_npx_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(
+            dir.path(),
+            "[app]\nbuild_command = \"npm run build\"\n[release]\ncommand = \"npx prisma migrate deploy\"",
+        );
+        let m = messages(&commands(&s));
+        assert_eq!(m.len(), 2, "{m:?}");
+        assert!(m[0].starts_with("app.build_command: `npm run build` needs npm"), "{m:?}");
+        assert!(
+            m[1].starts_with("release.command: `npx prisma migrate deploy` needs npx")
+                && m[1].contains("node_modules/.bin/prisma"),
+            "{m:?}"
+        );
     }
 
     #[test]
