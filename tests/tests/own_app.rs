@@ -7,7 +7,8 @@
 //!
 //! - `init` finds the application and writes a configuration `config check` accepts;
 //! - a wrong layout: `config check` and `deploy --dry-run` list every problem, exit 2;
-//! - r1: the migration runs once, every `[env]` key and secret reaches the backend;
+//! - r1: the migration runs once, every `[env]` key and secret reaches the backend,
+//!   the static files are served without SPA fallback (404 for a path that is no file);
 //! - r2 with a new migration: it runs once more (once per deploy); an
 //!   unchanged deploy runs nothing;
 //! - r3 with a broken migration: exit 4, the previous release keeps serving
