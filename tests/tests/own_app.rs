@@ -111,6 +111,7 @@ fn own_application_with_migrations_env_and_checks() {
         "build_command = \"\"",
         "output_dir = \"public\"",
         "secrets_file = \"secrets.env\"",
+        "[release]\ncommand = \"node migrate.js\"",
     ] {
         assert!(written.contains(line), "init did not write `{line}`:\n{written}");
     }

@@ -77,6 +77,8 @@ pub struct Detected {
     pub health_path: Option<String>,
     /// `secrets_file`, when one is there.
     pub secrets_file: Option<String>,
+    /// `release.command`: the backend's `migrate` (or `release`) script.
+    pub release_command: Option<String>,
 }
 
 /// The backend's JavaScript (node_modules left out, at most 200 files), for guessing its health route.
@@ -129,7 +131,10 @@ pub fn detect(dir: &Path) -> Option<Detected> {
     let backend = app.join("backend");
     let frontend = app.join("frontend");
     let mut d = Detected { app_dir: rel, ..Detected::default() };
-    let start = scripts(&backend).and_then(|s| s.get("start").and_then(|v| v.as_str()).map(str::to_string));
+    let backend_scripts = scripts(&backend).unwrap_or_default();
+    let script = |name: &str| backend_scripts.get(name).and_then(|v| v.as_str()).map(str::to_string);
+    let start = script("start");
+    d.release_command = script("migrate").or_else(|| script("release"));
     d.start_command = start.or_else(|| {
         ["server.js", "index.js", "main.js", "app.js"]
             .iter()
@@ -196,10 +201,12 @@ pub fn render_detected(d: &Detected, target: &str) -> String {
     if let Some(o) = &d.output_dir {
         out.push_str(&format!("output_dir = {}\n", toml_str(o)));
     }
-    out.push_str(
-        "\n# Run once per deploy, before traffic moves (migrations):\n# [release]\n# command = \"node migrate.js\"\n\n\
-         # Variables for the backend (not secret):\n[env]\n",
-    );
+    out.push_str("\n# Run once per deploy, before traffic moves (migrations):\n");
+    match &d.release_command {
+        Some(c) => out.push_str(&format!("[release]\ncommand = {}\n", toml_str(c))),
+        None => out.push_str("# [release]\n# command = \"node migrate.js\"\n"),
+    }
+    out.push_str("\n# Variables for the backend (not secret):\n[env]\n");
     out
 }
 
@@ -257,7 +264,7 @@ mod tests {
             std::fs::write(path, t).unwrap();
         };
         assert_eq!(detect(dir.path()), None);
-        w("shop/backend/package.json", r#"{"scripts":{"start":"node api.js"}}"#);
+        w("shop/backend/package.json", r#"{"scripts":{"start":"node api.js","migrate":"node db/migrate.js"}}"#);
         w("shop/backend/api.js", "require('./lib/routes');");
         w("shop/backend/lib/routes.js", "if (req.url === '/healthz') ok();");
         w("shop/frontend/public/index.html", "<p>hi</p>");
@@ -272,6 +279,7 @@ mod tests {
                 output_dir: Some("public".into()),
                 health_path: Some("/healthz".into()),
                 secrets_file: Some("secrets.env".into()),
+                release_command: Some("node db/migrate.js".into()),
             }
         );
         let text = render_detected(&d, "ssh://deploy@host");
@@ -284,6 +292,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.app_dir, dir.path().join("shop"));
         assert_eq!(s.app.health_path, "/healthz");
+        assert_eq!(s.release_command.as_deref(), Some("node db/migrate.js"));
         assert!(crate::checks::app_layout(&s).is_empty(), "{:?}", crate::checks::app_layout(&s));
     }
 }
