@@ -362,8 +362,29 @@ pub struct InitArgs {
 /// `plugins` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
-    /// List loaded plugins; with --target, what each finds there
+    /// List loaded plugins and where each came from; with --target, what each finds there
     List(PluginsListArgs),
+    /// Check a plugin library (ABI, layout, API version) and install it into the user's plugin directory
+    Install(PluginsInstallArgs),
+    /// Remove a plugin installed with `plugins install`
+    Remove(PluginsRemoveArgs),
+}
+
+/// `plugins install` options.
+#[derive(Debug, Args, Clone)]
+pub struct PluginsInstallArgs {
+    /// The plugin library (`libcultivate_plugin_NAME.so`)
+    pub path: std::path::PathBuf,
+    /// Replace a plugin of the same name
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `plugins remove` options.
+#[derive(Debug, Args, Clone)]
+pub struct PluginsRemoveArgs {
+    /// The plugin's name, as `plugins list` shows it
+    pub name: String,
 }
 
 /// `plugins list` options.

@@ -54,6 +54,8 @@ pub fn run(cli: &Cli, printer: &Printer) -> Result<()> {
             let settings = crate::settings::load(config, &crate::settings::Overrides::from_target(&args.target)).ok();
             plugins::list(printer, args, settings.as_ref())
         }
+        Command::Plugins(PluginsCommand::Install(args)) => plugins::install(printer, args),
+        Command::Plugins(PluginsCommand::Remove(args)) => plugins::remove(printer, args),
         Command::Completions(args) => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();

@@ -1,11 +1,12 @@
-//! `cultivate plugins list`.
+//! `cultivate plugins list`, `plugins install`, `plugins remove`.
 
 use anyhow::Result;
 use serde_json::json;
 
-use crate::cli::PluginsListArgs;
+use crate::cli::{PluginsInstallArgs, PluginsListArgs, PluginsRemoveArgs};
+use crate::error::{Code, UserError};
 use crate::output::Printer;
-use crate::plugins::{ProbeResult, Registry};
+use crate::plugins::{origin_of, ProbeResult, Registry};
 use crate::session::Session;
 use crate::settings::Settings;
 use crate::target::Target;
@@ -42,6 +43,7 @@ pub fn list(printer: &Printer, args: &PluginsListArgs, settings: Option<&Setting
                     "name": m.name, "kinds": m.kinds, "version": m.version, "api_version": m.api_version,
                     "capabilities": m.capabilities, "priority": m.priority, "target_os": m.target_os,
                     "schemes": m.schemes, "operations": m.operations, "path": p.path(),
+                    "origin": origin_of(p.path()),
                 });
                 if let Some(pr) = probe_of(&m.name) {
                     v["probe"] = match &pr.probe {
@@ -81,6 +83,7 @@ pub fn list(printer: &Printer, args: &PluginsListArgs, settings: Option<&Setting
         "KIND".into(),
         "VERSION".into(),
         "API".into(),
+        "FROM".into(),
         if probes.is_some() { "ON TARGET".into() } else { "PATH".into() },
     ]];
     for p in &registry.plugins {
@@ -104,7 +107,14 @@ pub fn list(printer: &Printer, args: &PluginsListArgs, settings: Option<&Setting
             },
             None => p.path().display().to_string(),
         };
-        rows.push(vec![m.name.clone(), kinds.join(","), m.version.clone(), m.api_version.clone(), last]);
+        rows.push(vec![
+            m.name.clone(),
+            kinds.join(","),
+            m.version.clone(),
+            m.api_version.clone(),
+            origin_of(p.path()).label().to_string(),
+            last,
+        ]);
     }
     let widths: Vec<usize> =
         (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
@@ -140,6 +150,54 @@ pub fn list(printer: &Printer, args: &PluginsListArgs, settings: Option<&Setting
     }
     for s in &registry.shadowed {
         printer.data(&format!("shadowed: {} at {} (using {})", s.name, s.path.display(), s.winner.display()));
+    }
+    Ok(())
+}
+
+fn no_user_dir() -> UserError {
+    UserError::new(Code::Failed, "no user data directory to install plugins into")
+        .hint("set XDG_DATA_HOME or HOME; plugins go to $XDG_DATA_HOME/cultivate/plugins")
+}
+
+/// Checks a plugin library by loading it, then copies it into the user's plugin directory.
+pub fn install(printer: &Printer, args: &PluginsInstallArgs) -> Result<()> {
+    let dir = crate::plugins::user_dir().ok_or_else(no_user_dir)?;
+    let registry = Registry::load_default();
+    let done = crate::plugins::install(&args.path, &dir, &registry, args.force)?;
+    if printer.json() {
+        printer.json_value(&serde_json::to_value(&done)?);
+    } else {
+        printer.success(&format!(
+            "installed plugin {} {} (plugin API {}) at {}",
+            done.name,
+            done.version,
+            done.api_version,
+            done.path.display()
+        ));
+        for r in done.replaced.iter().filter(|r| **r != done.path) {
+            printer.detail(&format!("removed the replaced {}", r.display()));
+        }
+    }
+    if let Some(p) = &done.shadowed_by {
+        printer.warn(&format!(
+            "{} in CULTIVATE_PLUGIN_PATH is searched first and still wins over the installed plugin",
+            p.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Removes a plugin installed with `plugins install`.
+pub fn remove(printer: &Printer, args: &PluginsRemoveArgs) -> Result<()> {
+    let dir = crate::plugins::user_dir().ok_or_else(no_user_dir)?;
+    let registry = Registry::load_default();
+    let removed = crate::plugins::remove(&args.name, &dir, &registry)?;
+    if printer.json() {
+        printer.json_value(&json!({ "removed": args.name, "paths": removed }));
+    } else {
+        for p in &removed {
+            printer.success(&format!("removed plugin {} ({})", args.name, p.display()));
+        }
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 //!    that fails to load is one line in [`Registry::failures`] and the others
 //!    still load.
 //! 3. The first plugin of a name wins; later ones are reported as shadowed.
+//!    Each plugin's [`Origin`] says which of the three places it came from.
 //! 4. The transport follows the target; runtimes are chosen per capability by
 //!    probing the target, highest score among the available ones.
 
@@ -75,16 +76,228 @@ pub fn search_path() -> Vec<PathBuf> {
         dirs.extend(std::env::split_paths(&path).filter(|p| !p.as_os_str().is_empty()));
     }
     if std::env::var_os("CULTIVATE_NO_DEFAULT_PLUGINS").is_none() {
-        if let Some(data) = dirs::data_dir() {
-            dirs.push(data.join("cultivate").join("plugins"));
-        }
-        if let Some(dir) = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
-            dirs.push(dir);
-        }
+        dirs.extend(user_dir());
+        dirs.extend(bundled_dir());
     }
     let mut seen = std::collections::HashSet::new();
     dirs.retain(|d| seen.insert(d.clone()));
     dirs
+}
+
+/// The user's plugin directory, where `plugins install` puts plugins:
+/// `$XDG_DATA_HOME/cultivate/plugins` (`~/.local/share/cultivate/plugins`).
+pub fn user_dir() -> Option<PathBuf> {
+    dirs::data_dir().map(|d| d.join("cultivate").join("plugins"))
+}
+
+/// The directory of the `cultivate` executable (the plugins shipped with it).
+pub fn bundled_dir() -> Option<PathBuf> {
+    std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf))
+}
+
+/// Where a plugin library came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// A directory of `$CULTIVATE_PLUGIN_PATH`.
+    PluginPath,
+    /// The user's plugin directory (`plugins install`).
+    Installed,
+    /// Next to the `cultivate` executable.
+    Bundled,
+    /// None of those (not reached by the search path).
+    Other,
+}
+
+impl Origin {
+    /// For `plugins list`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Origin::PluginPath => "CULTIVATE_PLUGIN_PATH",
+            Origin::Installed => "installed",
+            Origin::Bundled => "bundled",
+            Origin::Other => "other",
+        }
+    }
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+}
+
+/// Where the library at `path` came from, checked in search order (a
+/// directory named twice counts as its first place).
+pub fn origin_of(path: &Path) -> Origin {
+    let Some(dir) = path.parent() else { return Origin::Other };
+    if let Some(env) = std::env::var_os("CULTIVATE_PLUGIN_PATH") {
+        if std::env::split_paths(&env).filter(|p| !p.as_os_str().is_empty()).any(|p| same_dir(&p, dir)) {
+            return Origin::PluginPath;
+        }
+    }
+    if user_dir().is_some_and(|u| same_dir(&u, dir)) {
+        return Origin::Installed;
+    }
+    if bundled_dir().is_some_and(|b| same_dir(&b, dir)) {
+        return Origin::Bundled;
+    }
+    Origin::Other
+}
+
+/// What `plugins install` did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Installed {
+    /// The plugin's name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// The plugin-API version it was built against.
+    pub api_version: String,
+    /// Where it now is.
+    pub path: PathBuf,
+    /// Libraries of the same name it replaced (`--force`).
+    pub replaced: Vec<PathBuf>,
+    /// A plugin of the same name that is searched first and so still wins.
+    pub shadowed_by: Option<PathBuf>,
+}
+
+/// Checks the library at `src` by loading it (ABI, layout, API version) and
+/// copies it into `dest_dir` atomically (a temporary file in that directory,
+/// renamed over the final name). A plugin of the same name anywhere on the
+/// search path (`registry`) is replaced only with `force`.
+pub fn install(src: &Path, dest_dir: &Path, registry: &Registry, force: bool) -> Result<Installed, UserError> {
+    let shown = src.display();
+    let meta = std::fs::metadata(src).map_err(|e| usage(format!("cannot install {shown}: {e}")))?;
+    if !meta.is_file() {
+        return Err(usage(format!("cannot install {shown}: not a file")));
+    }
+    let file_name = src.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if !is_plugin_file_name(file_name) {
+        return Err(usage(format!(
+            "cannot install {shown}: cultivate loads only files named libcultivate_plugin_NAME.so"
+        ))
+        .hint(
+            "name the crate's library `cultivate_plugin_NAME` (its [lib] name) and install the .so that cargo builds",
+        ));
+    }
+    let plugin =
+        LoadedPlugin::load(src).map_err(|e| UserError::new(Code::Failed, format!("cannot install {shown}: {e}")))?;
+    let m = plugin.manifest().clone();
+    let dest = dest_dir.join(file_name);
+    if same_dir(src.parent().unwrap_or(Path::new(".")), dest_dir) {
+        return Err(usage(format!("{shown} is already in the plugin directory {}", dest_dir.display())));
+    }
+    // Same name anywhere on the path (also a shadowed copy), or the same file name here.
+    let mut same: Vec<PathBuf> = registry
+        .plugins
+        .iter()
+        .filter(|p| p.manifest().name == m.name)
+        .map(|p| p.path().to_path_buf())
+        .chain(registry.shadowed.iter().filter(|s| s.name == m.name).map(|s| s.path.clone()))
+        .collect();
+    if dest.exists() && !same.iter().any(|p| p == &dest) {
+        same.push(dest.clone());
+    }
+    if let Some(existing) = same.first() {
+        if !force {
+            return Err(usage(format!(
+                "a plugin named {} is already installed at {}; use --force to replace it",
+                m.name,
+                existing.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(dest_dir)
+        .map_err(|e| UserError::new(Code::Failed, format!("cannot create {}: {e}", dest_dir.display())))?;
+    copy_atomically(src, &dest)
+        .map_err(|e| UserError::new(Code::Failed, format!("cannot install {shown} as {}: {e}", dest.display())))?;
+    // With --force, older files of the same name in this directory go (they would shadow or be shadowed).
+    let mut replaced = Vec::new();
+    for p in same {
+        if p == dest {
+            replaced.push(p);
+        } else if p.parent().is_some_and(|d| same_dir(d, dest_dir)) {
+            std::fs::remove_file(&p)
+                .map_err(|e| UserError::new(Code::Failed, format!("cannot remove {}: {e}", p.display())))?;
+            replaced.push(p);
+        }
+    }
+    // Searched before the user's directory: CULTIVATE_PLUGIN_PATH.
+    let shadowed_by = registry
+        .plugins
+        .iter()
+        .find(|p| p.manifest().name == m.name && origin_of(p.path()) == Origin::PluginPath)
+        .map(|p| p.path().to_path_buf());
+    Ok(Installed { name: m.name, version: m.version, api_version: m.api_version, path: dest, replaced, shadowed_by })
+}
+
+/// Copies `src` to `dest` so that `dest` is never seen half-written: a
+/// temporary file beside it, flushed to disk, mode 0755, renamed into place.
+fn copy_atomically(src: &Path, dest: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".cultivate-install-").tempfile_in(dir)?;
+    let mut from = std::fs::File::open(src)?;
+    std::io::copy(&mut from, tmp.as_file_mut())?;
+    tmp.as_file_mut().flush()?;
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o755))?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(dest).map_err(|e| e.error)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Removes the plugin named `name` from the user's plugin directory
+/// `user_dir` (also a copy there that failed to load, by its file name).
+/// Plugins elsewhere are not ours to delete: the error says where they are.
+pub fn remove(name: &str, user_dir: &Path, registry: &Registry) -> Result<Vec<PathBuf>, UserError> {
+    let in_user_dir = |p: &Path| p.parent().is_some_and(|d| same_dir(d, user_dir));
+    let stem_file = format!("lib{LIBRARY_PREFIX}{}.so", name.replace('-', "_"));
+    let mut files: Vec<PathBuf> = registry
+        .plugins
+        .iter()
+        .filter(|p| p.manifest().name == name)
+        .map(|p| p.path().to_path_buf())
+        .chain(registry.shadowed.iter().filter(|s| s.name == name).map(|s| s.path.clone()))
+        .chain(
+            registry
+                .failures
+                .iter()
+                .filter(|f| f.path.file_name().and_then(|n| n.to_str()) == Some(stem_file.as_str()))
+                .map(|f| f.path.clone()),
+        )
+        .collect();
+    let elsewhere: Vec<PathBuf> = files.iter().filter(|p| !in_user_dir(p)).cloned().collect();
+    files.retain(|p| in_user_dir(p));
+    if files.is_empty() {
+        return Err(match elsewhere.first() {
+            Some(p) => usage(format!(
+                "plugin {name} at {} was not installed with `plugins install` ({}); only plugins in {} can be removed",
+                p.display(),
+                origin_of(p).label(),
+                user_dir.display()
+            )),
+            None => {
+                let installed: Vec<String> = registry
+                    .plugins
+                    .iter()
+                    .filter(|p| in_user_dir(p.path()))
+                    .map(|p| p.manifest().name.clone())
+                    .collect();
+                usage(format!("no plugin named {name} is installed in {}", user_dir.display())).hint(format!(
+                    "installed there: {}",
+                    if installed.is_empty() { "none".to_string() } else { installed.join(", ") }
+                ))
+            }
+        });
+    }
+    for p in &files {
+        std::fs::remove_file(p)
+            .map_err(|e| UserError::new(Code::Failed, format!("cannot remove {}: {e}", p.display())))?;
+    }
+    Ok(files)
 }
 
 /// Plugin files in `dir`, sorted by name. A missing directory has none.
