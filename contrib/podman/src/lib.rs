@@ -232,13 +232,15 @@ pub fn probe(host: &Host) -> Result<Probe, PluginError> {
         }
         .with_detail("rootless", rootless.to_string()));
     };
+    // `flavour` is what the host shows beside the version ("compose …").
+    let flavour = format!("{} {}", compose.command.join(" "), compose.version);
     Ok(Probe::available(version, PRIORITY)
         .with_detail("rootless", rootless.to_string())
         .with_detail("mode", if rootless { "rootless" } else { "rootful" })
         .with_detail("storage_driver", driver)
         .with_detail("compose", compose.command.join(" "))
         .with_detail("compose_version", compose.version)
-        .with_detail("flavour", "podman"))
+        .with_detail("flavour", flavour))
 }
 
 /// The compose command for a stack operation, found now on the target.

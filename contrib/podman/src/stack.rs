@@ -68,25 +68,38 @@ impl Compose {
         Ok(ExecRequest::new(argv).cwd(stack.dir.clone()))
     }
 
-    /// `up -d --force-recreate [-t N]`, always recreating: podman-compose's
-    /// plain `up` leaves an existing container as it is (its `podman run
-    /// --name` fails and the failure is only printed), so a new release's
-    /// containers would never start.
+    /// `up -d`. See [`Compose::up`] for why there is neither
+    /// `--force-recreate` nor `-t`.
     pub fn up_request(&self, req: &StackUpRequest) -> Result<ExecRequest, PluginError> {
-        let mut args = vec!["up".to_string(), "-d".into(), "--force-recreate".into()];
-        if let Some(t) = req.timeout_secs {
-            args.push("-t".into());
-            args.push(t.to_string());
-        }
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.request(&req.stack, &refs)
+        self.request(&req.stack, &["up", "-d"])
     }
 
-    /// `compose up`.
+    /// `down` (volumes kept), then `up -d`, then a check of what `up` did.
+    ///
+    /// podman-compose 1.0 differs from Compose here: its `up` leaves an
+    /// existing container alone (its `podman run --name` fails, and the
+    /// failure is only printed), its `--force-recreate` and `-t N` pass the
+    /// timeout to `podman stop` as `30.0`, which Podman refuses, and it exits
+    /// 0 whatever its podman commands did. So the stack is taken down first
+    /// (`podman stop`'s own timeout), and the output of `up` is read for
+    /// `podman run`/`podman start` commands that failed.
     pub fn up(&self, host: &Host, req: &StackUpRequest) -> Result<Empty, PluginError> {
+        self.down(host, &StackDownRequest { stack: req.stack.clone(), remove_volumes: false })?;
         let r = self.up_request(req)?;
         let what = r.display();
-        host.exec(&r.private_output())?.check(&what)?;
+        let out = host.exec(&r.private_output())?.check(&what)?;
+        let failed = failed_podman_commands(&out.stdout);
+        if !failed.is_empty() {
+            let errors: Vec<&str> = out.stderr.lines().map(str::trim).filter(|l| l.starts_with("Error:")).collect();
+            return Err(PluginError::new(
+                ErrorKind::CommandFailed,
+                format!(
+                    "{what}: {} failed: {}",
+                    failed.join(", "),
+                    if errors.is_empty() { "no error message".to_string() } else { errors.join("; ") }
+                ),
+            ));
+        }
         Ok(Empty {})
     }
 
@@ -131,6 +144,41 @@ impl Compose {
         }
         Ok(Text { text: String::new() })
     }
+}
+
+/// podman-compose 1.0 prints each podman command it runs, then `exit code:
+/// N`. The `podman run`/`podman create`/`podman start` commands that exited
+/// non-zero, as `podman run NAME` (never their arguments: they hold the
+/// environment).
+pub fn failed_podman_commands(stdout: &str) -> Vec<String> {
+    let mut failed = Vec::new();
+    let mut last: Option<String> = None;
+    for line in stdout.lines().map(str::trim) {
+        if let Some(code) = line.strip_prefix("exit code:") {
+            if let Some(cmd) = last.take() {
+                if code.trim() != "0" {
+                    failed.push(cmd);
+                }
+            }
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        if words.next() != Some("podman") {
+            continue;
+        }
+        last = match words.next() {
+            Some(verb @ ("run" | "create" | "start")) => {
+                let name = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("--name="))
+                    .or_else(|| if verb == "start" { line.split_whitespace().nth(2) } else { None })
+                    .unwrap_or("?");
+                Some(format!("podman {verb} {name}"))
+            }
+            _ => None,
+        };
+    }
+    failed
 }
 
 /// A failed validation: the last non-empty line of stderr (the YAML error),

@@ -55,6 +55,7 @@ fn probe_finds_rootful_podman_and_podman_compose() {
     assert_eq!(p.details["mode"], "rootful");
     assert_eq!(p.details["compose"], "podman-compose");
     assert_eq!(p.details["compose_version"], "1.0.3");
+    assert_eq!(p.details["flavour"], "podman-compose 1.0.3");
 }
 
 #[test]
@@ -108,13 +109,10 @@ fn image_list_strips_localhost_and_filters_by_prefix() {
 }
 
 #[test]
-fn up_always_recreates_and_down_keeps_volumes() {
+fn up_and_down_commands_keep_volumes() {
     let c = podman_compose();
     let up = c.up_request(&StackUpRequest { stack: stack(), force_recreate: false, timeout_secs: Some(5) }).unwrap();
-    assert_eq!(
-        up.display(),
-        "cd /opt/cultivate/releases/1 && podman-compose -p shop -f compose.yml up -d --force-recreate -t 5"
-    );
+    assert_eq!(up.display(), "cd /opt/cultivate/releases/1 && podman-compose -p shop -f compose.yml up -d");
     let down = c.down_request(&StackDownRequest { stack: stack(), remove_volumes: false }).unwrap();
     assert_eq!(down.display(), "cd /opt/cultivate/releases/1 && podman-compose -p shop -f compose.yml down");
     let mut other_env = stack();
@@ -199,4 +197,52 @@ fn manifest_lacks_the_switch_operations_so_the_host_falls_back() {
     for op in [ops::ImageLoadCommand::NAME, ops::ImageInspect::NAME, ops::StackUp::NAME, ops::StackPs::NAME] {
         assert!(m.implements(op), "{op}");
     }
+}
+
+/// What podman-compose 1.0.3 printed for `up -d` over a running stack
+/// (arguments shortened): the names were taken, every `podman run` failed,
+/// and it exited 0.
+const UP_OVER_RUNNING: &str = "podman volume inspect shop_db || podman volume create shop_db
+['podman', 'volume', 'inspect', 'shop_db']
+['podman', 'network', 'exists', 'shop_internal']
+podman run --name=shop_database_1 -d --label a=b -e DB_PASSWORD=hunter2 shop-database:2
+exit code: 125
+['podman', 'network', 'exists', 'shop_internal']
+exit code: 1
+podman run --name=shop_backend_1 -d shop-backend:2
+exit code: 0
+podman start shop_frontend_1
+exit code: 125
+";
+
+#[test]
+fn failed_runs_in_podman_compose_output_are_found_without_their_arguments() {
+    let failed = stack::failed_podman_commands(UP_OVER_RUNNING);
+    assert_eq!(failed, ["podman run shop_database_1", "podman start shop_frontend_1"]);
+    assert!(stack::failed_podman_commands("podman run --name=x -d img\nexit code: 0\n").is_empty());
+}
+
+#[test]
+fn up_takes_the_stack_down_first_and_fails_when_a_container_did_not_start() {
+    let fake =
+        FakeHost::new().ok("cd /opt/cultivate/releases/1 && podman-compose -p shop -f compose.yml down", "").answer(
+            "cd /opt/cultivate/releases/1 && podman-compose -p shop -f compose.yml up -d",
+            Ok(cultivate_plugin_api::ExecOutput {
+                status: 0,
+                stdout: UP_OVER_RUNNING.into(),
+                stderr: "Error: creating container storage: the container name \"shop_database_1\" is already in use\n"
+                    .into(),
+            }),
+        );
+    let err = podman_compose()
+        .up(&fake.host(), &StackUpRequest { stack: stack(), force_recreate: false, timeout_secs: Some(30) })
+        .unwrap_err();
+    assert!(
+        err.message.contains("podman run shop_database_1") && err.message.contains("already in use"),
+        "{}",
+        err.message
+    );
+    assert!(!err.message.contains("hunter2"), "no environment values in the error: {}", err.message);
+    let cmds = fake.commands();
+    assert!(cmds[0].ends_with("down") && cmds[1].ends_with("up -d"), "{cmds:?}");
 }
