@@ -408,8 +408,9 @@ root_up() {
     # above): a few milliseconds instead of extracting hundreds of MB per
     # target, and being a mount point of its own it needs no bind onto itself
     # (which Docker 26's `docker load` needs: "remount /, flags: 0x84000").
-    # Docker's and containerd's stores are bind-mounted from DIR (overlay2
-    # does not work on top of overlayfs). TESTENV_ROOT_MODE=copy extracts the
+    # Docker's, containerd's and Podman's (/var/lib/containers) stores are
+    # bind-mounted from DIR (overlay2 does not work on top of overlayfs;
+    # Podman's overlay driver says "'overlay' is not supported over overlayfs"). TESTENV_ROOT_MODE=copy extracts the
     # tarball instead and binds the root onto itself (the slower recipe).
     local dir=$1 suite=$2 r=$1/root tree
     mkdir -p "$r"
@@ -419,7 +420,7 @@ root_up() {
         if mount -t overlay overlay -o "lowerdir=$tree,upperdir=$dir/upper,workdir=$dir/work" "$r"; then
             mount --make-private "$r"
             local store
-            for store in docker containerd; do
+            for store in docker containerd containers; do
                 mkdir -p "$r/var/lib/$store" "$dir/var-lib-$store"
                 mount --bind "$dir/var-lib-$store" "$r/var/lib/$store"
                 mount --make-private "$r/var/lib/$store"
