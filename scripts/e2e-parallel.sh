@@ -26,7 +26,7 @@ declare -A threads=([deploy]=3)
 # order matters.
 declare -A expected=(
     [deploy]=900 [faults]=600 [zero_downtime]=450 [secrets_leak]=350
-    [own_app]=310 [macos]=300 [ops]=240 [crash]=220 [stack]=200 [remote_build]=120 [testenv]=70 [bench_switch]=1
+    [own_app]=310 [macos]=300 [ops]=240 [podman]=230 [crash]=220 [stack]=200 [remote_build]=120 [testenv]=70 [bench_switch]=1
 )
 
 if [ "$#" -gt 0 ]; then

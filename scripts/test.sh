@@ -47,6 +47,9 @@ else
     say "cargo test: unit, property and plugin tests"
     cargo test --workspace --exclude cultivate-e2e -- --test-threads=2
     cargo test -p cultivate-e2e --lib -- --test-threads=2
+    # Out-of-tree plugins: workspaces of their own, tested in their own directory.
+    say "cargo test in contrib/podman (out of tree)"
+    (cd contrib/podman && cargo test --quiet)
 
     # The end-to-end files run side by side; without this their first deploys
     # would each build the same Debian layers at the same time.
