@@ -51,6 +51,10 @@ const OPERATIONS: &[&str] = &[
     ops::StackLogs::NAME,
     ops::StackConfig::NAME,
     ops::StackExec::NAME,
+    ops::ContainerLogsCommand::NAME,
+    ops::ContainerExecCommand::NAME,
+    ops::StackStop::NAME,
+    ops::StackStart::NAME,
     ops::InstallHelp::NAME,
 ];
 
@@ -93,6 +97,14 @@ impl Plugin for PodmanPlugin {
             ops::StackLogs::NAME => ops::handle::<ops::StackLogs>(payload, |r| stack::logs(host, &bin, &r)),
             ops::StackConfig::NAME => ops::handle::<ops::StackConfig>(payload, |r| detect(host)?.config(host, &r)),
             ops::StackExec::NAME => ops::handle::<ops::StackExec>(payload, |r| stack::exec(host, &bin, &r)),
+            ops::ContainerLogsCommand::NAME => {
+                ops::handle::<ops::ContainerLogsCommand>(payload, |r| stack::container_logs_command(&bin, &r))
+            }
+            ops::ContainerExecCommand::NAME => {
+                ops::handle::<ops::ContainerExecCommand>(payload, |r| stack::container_exec_command(&bin, &r))
+            }
+            ops::StackStop::NAME => ops::handle::<ops::StackStop>(payload, |r| stack::stop(host, &bin, &r)),
+            ops::StackStart::NAME => ops::handle::<ops::StackStart>(payload, |r| stack::start(host, &bin, &r)),
             ops::InstallHelp::NAME => ops::handle::<ops::InstallHelp>(payload, |_| Ok(install_help())),
             other => Err(PluginError::unsupported(format!("operation {other}"))),
         }

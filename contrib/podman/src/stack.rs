@@ -8,8 +8,10 @@
 //! is validated with `--dry-run up` (whose output, which holds the
 //! environment, is kept private and not returned).
 
+use cultivate_plugin_api::ops::{
+    ContainerExecCommandRequest, ContainerLogsRequest, StackStopRequest, StackUpRequest, Text,
+};
 use cultivate_plugin_api::ops::{Empty, ServiceState, StackDownRequest, StackExecRequest, StackLogsRequest, StackRef};
-use cultivate_plugin_api::ops::{StackUpRequest, Text};
 use cultivate_plugin_api::{ErrorKind, ExecOutput, ExecRequest, Host, PluginError};
 use serde_json::Value;
 
@@ -375,4 +377,80 @@ pub fn exec(host: &Host, engine: &[String], req: &StackExecRequest) -> Result<Ex
     a.push(c.state.id.clone().unwrap_or_else(|| c.state.container.clone()));
     a.extend(req.argv.iter().cloned());
     host.run(&a)
+}
+
+/// `podman logs [--follow] [--since S] [--tail N] CONTAINER`, for the host to stream (`logs -f`).
+pub fn container_logs_command(engine: &[String], req: &ContainerLogsRequest) -> Result<ExecRequest, PluginError> {
+    check_name("container", &req.container)?;
+    let mut a = argv(engine, &["logs"]);
+    if req.follow {
+        a.push("--follow".into());
+    }
+    if let Some(since) = &req.since {
+        check_name("since", since)?;
+        a.push("--since".into());
+        a.push(since.clone());
+    }
+    if let Some(n) = req.tail {
+        a.push("--tail".into());
+        a.push(n.to_string());
+    }
+    a.push(req.container.clone());
+    Ok(ExecRequest::new(a))
+}
+
+/// `podman exec [-i] [-t] [--user U] CONTAINER argv…`, for the host to run with the user's terminal.
+pub fn container_exec_command(
+    engine: &[String],
+    req: &ContainerExecCommandRequest,
+) -> Result<ExecRequest, PluginError> {
+    check_name("container", &req.container)?;
+    if req.argv.is_empty() {
+        return Err(PluginError::invalid("container.exec_command needs a command"));
+    }
+    let mut a = argv(engine, &["exec"]);
+    if req.interactive {
+        a.push("-i".into());
+    }
+    if req.tty {
+        a.push("-t".into());
+    }
+    if let Some(user) = &req.user {
+        check_name("user", user)?;
+        a.push("--user".into());
+        a.push(user.clone());
+    }
+    a.push(req.container.clone());
+    a.extend(req.argv.iter().cloned());
+    Ok(ExecRequest::new(a))
+}
+
+/// Stops the stack's containers, kept with their volumes: `podman stop [-t N] ID…`
+/// (podman-compose 1.0's own `stop -t N` passes `N.0`, which Podman refuses).
+pub fn stop(host: &Host, engine: &[String], req: &StackStopRequest) -> Result<Empty, PluginError> {
+    let ids = container_ids(host, engine, &req.stack.project, None)?;
+    if ids.is_empty() {
+        return Ok(Empty {});
+    }
+    let mut a = argv(engine, &["stop"]);
+    if let Some(t) = req.timeout_secs {
+        a.push("-t".into());
+        a.push(t.to_string());
+    }
+    a.extend(ids);
+    host.run_ok(&a)?;
+    Ok(Empty {})
+}
+
+/// Starts the stack's stopped containers again, as they were: `podman start ID…`.
+pub fn start(host: &Host, engine: &[String], stack: &StackRef) -> Result<Empty, PluginError> {
+    let ids = container_ids(host, engine, &stack.project, None)?;
+    if ids.is_empty() {
+        return Err(PluginError::new(
+            ErrorKind::NotAvailable,
+            format!("stack {} has no containers to start", stack.project),
+        ));
+    }
+    host.run_ok(&argv(engine, &["start"]).into_iter().chain(ids).collect::<Vec<_>>())?;
+    Ok(Empty {})
 }

@@ -246,3 +246,38 @@ fn up_takes_the_stack_down_first_and_fails_when_a_container_did_not_start() {
     let cmds = fake.commands();
     assert!(cmds[0].ends_with("down") && cmds[1].ends_with("up -d"), "{cmds:?}");
 }
+
+#[test]
+fn everyday_commands_go_to_podman_itself() {
+    let bin = vec!["podman".to_string()];
+    let logs = stack::container_logs_command(
+        &bin,
+        &ops::ContainerLogsRequest { container: "c1".into(), follow: true, since: Some("10m".into()), tail: Some(5) },
+    )
+    .unwrap();
+    assert_eq!(logs.display(), "podman logs --follow --since 10m --tail 5 c1");
+    let exec = stack::container_exec_command(
+        &bin,
+        &ops::ContainerExecCommandRequest {
+            container: "c1".into(),
+            argv: vec!["psql".into(), "-c".into(), "select 1".into()],
+            user: Some("postgres".into()),
+            tty: true,
+            interactive: true,
+        },
+    )
+    .unwrap();
+    assert_eq!(exec.display(), "podman exec -i -t --user postgres c1 psql -c 'select 1'");
+    let bad = ops::ContainerLogsRequest { container: "--all".into(), ..Default::default() };
+    assert!(stack::container_logs_command(&bin, &bad).is_err());
+
+    let fake = FakeHost::new()
+        .ok("podman ps -a --filter label=com.docker.compose.project=shop", "aaa\nbbb\n")
+        .ok("podman stop", "")
+        .ok("podman start", "");
+    stack::stop(&fake.host(), &bin, &ops::StackStopRequest { stack: stack(), timeout_secs: Some(30) }).unwrap();
+    stack::start(&fake.host(), &bin, &stack()).unwrap();
+    let cmds = fake.commands();
+    assert!(cmds.contains(&"podman stop -t 30 aaa bbb".to_string()), "{cmds:?}");
+    assert!(cmds.contains(&"podman start aaa bbb".to_string()), "{cmds:?}");
+}
