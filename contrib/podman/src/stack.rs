@@ -114,11 +114,24 @@ impl Compose {
         self.request(&req.stack, &args)
     }
 
-    /// `compose down` (volumes kept unless `remove_volumes`).
+    /// `compose down` (volumes kept unless `remove_volumes`), then `podman
+    /// rm -f` of any container of the project still there.
+    ///
+    /// podman-compose 1.0's `down` is `podman stop` then `podman rm` per
+    /// container, failures only printed; a container crash-looping under its
+    /// restart policy can be restarted between the two (seen: the next `up`
+    /// then fails with "the container name … is already in use"). Named
+    /// volumes are never touched by `rm -f`.
     pub fn down(&self, host: &Host, req: &StackDownRequest) -> Result<Empty, PluginError> {
         let r = self.down_request(req)?;
         let what = r.display();
         host.exec(&r)?.check(&what)?;
+        let left = container_ids(host, &self.engine, &req.stack.project, None)?;
+        if !left.is_empty() {
+            host.debug(&format!("{} container(s) left after {what}: removing them", left.len()));
+            let rm: Vec<String> = argv(&self.engine, &["rm", "-f"]).into_iter().chain(left).collect();
+            host.run_ok(&rm)?;
+        }
         Ok(Empty {})
     }
 

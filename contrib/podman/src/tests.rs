@@ -224,8 +224,10 @@ fn failed_runs_in_podman_compose_output_are_found_without_their_arguments() {
 
 #[test]
 fn up_takes_the_stack_down_first_and_fails_when_a_container_did_not_start() {
-    let fake =
-        FakeHost::new().ok("cd /opt/cultivate/releases/1 && podman-compose -p shop -f compose.yml down", "").answer(
+    let fake = FakeHost::new()
+        .ok("cd /opt/cultivate/releases/1 && podman-compose -p shop -f compose.yml down", "")
+        .ok("podman ps -a --filter label=com.docker.compose.project=shop", "")
+        .answer(
             "cd /opt/cultivate/releases/1 && podman-compose -p shop -f compose.yml up -d",
             Ok(cultivate_plugin_api::ExecOutput {
                 status: 0,
@@ -244,7 +246,19 @@ fn up_takes_the_stack_down_first_and_fails_when_a_container_did_not_start() {
     );
     assert!(!err.message.contains("hunter2"), "no environment values in the error: {}", err.message);
     let cmds = fake.commands();
-    assert!(cmds[0].ends_with("down") && cmds[1].ends_with("up -d"), "{cmds:?}");
+    assert!(cmds[0].ends_with("down") && cmds[2].ends_with("up -d"), "{cmds:?}");
+}
+
+#[test]
+fn down_removes_what_podman_compose_left_behind() {
+    let fake = FakeHost::new()
+        .ok("cd /opt/cultivate/releases/1 && podman-compose -p shop -f compose.yml down", "")
+        .ok("podman ps -a --filter label=com.docker.compose.project=shop", "301ba4bd30b4\n")
+        .ok("podman rm -f", "");
+    podman_compose().down(&fake.host(), &StackDownRequest { stack: stack(), remove_volumes: false }).unwrap();
+    let cmds = fake.commands();
+    assert_eq!(cmds.last().unwrap(), "podman rm -f 301ba4bd30b4", "{cmds:?}");
+    assert!(!cmds.iter().any(|c| c.contains("volume")), "{cmds:?}");
 }
 
 #[test]
