@@ -4,7 +4,7 @@
 //! the example to a `bare` target into which Podman and podman-compose are
 //! installed from Debian bookworm's packages, with no Docker at all: a good
 //! release, a broken one rolled back automatically, `status`, `releases`,
-//! `logs` and `rollback`. No `docker` command runs on the target: there is
+//! `logs`, `rollback`, `exec`, `stop` and `start`. No `docker` command runs on the target: there is
 //! none, and the log of every run shows each command the plugins ran.
 //!
 //! Target: `pod-e2e` (bare), ports 20710–20711.
@@ -178,6 +178,18 @@ fn podman_plugin_built_out_of_tree_deploys_rolls_back_and_never_runs_docker() {
     rb.expect_code(0);
     assert!(rb.stderr.contains("release r1 is current and healthy"), "{}", rb.output());
     assert_eq!(info(&p)["greeting"], greeting_a.as_str());
+
+    // The everyday commands: exec, stop (data kept), start (healthy again).
+    let exec = run(&p, &data, &["exec", "backend", "--", "node", "-e", "console.log(6 * 7)"]);
+    exec.expect_code(0);
+    assert_eq!(exec.stdout.trim(), "42", "{}", exec.output());
+    run(&p, &data, &["stop"]).expect_code(0);
+    assert!(p.get("/api/health").is_err(), "the frontend still answers after stop");
+    let started = run(&p, &data, &["start"]);
+    started.expect_code(0);
+    assert!(started.stderr.contains("all healthy"), "{}", started.output());
+    assert_eq!(info(&p)["greeting"], greeting_a.as_str());
+    assert!(p.get("/api/notes").expect("notes").contains(&note), "the row is gone after stop/start");
 
     // No docker on the target, and every runtime command went through podman:
     // the only docker words in the logs are the other plugins' probes.
