@@ -61,11 +61,6 @@ fn run(p: &Project, data: &Path, args: &[&str]) -> Run {
     run_binary_with(&binary(), &all, &p.log_dir, p.dir.path(), &[("XDG_DATA_HOME", data)])
 }
 
-fn info(p: &Project) -> serde_json::Value {
-    let body = p.get("/api/info").unwrap_or_else(|e| panic!("GET /api/info: {e:#}"));
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("/api/info is not JSON ({e}): {body}"))
-}
-
 /// Every command the runs logged (`$ …` lines of the debug log).
 fn logged_commands(log_dir: &Path) -> Vec<String> {
     let mut cmds = Vec::new();
@@ -136,9 +131,8 @@ fn podman_plugin_built_out_of_tree_deploys_rolls_back_and_never_runs_docker() {
     let a = run(&p, &data, &["deploy", "--release-version", "r1"]);
     a.expect_code(0);
     assert!(a.stderr.contains("podman 4.3.1"), "{}", a.output());
-    assert_eq!(info(&p)["greeting"], greeting_a.as_str());
-    let health = p.get("/api/health").expect("GET /api/health");
-    assert!(health.contains("\"status\":\"ok\""), "{health}");
+    assert_eq!(p.info()["greeting"], greeting_a.as_str());
+    p.assert_example_answers();
     let note = format!("note before B {}", random_hex(4));
     p.post_json("/api/notes", &serde_json::json!({ "body": note }).to_string()).expect("POST /api/notes");
 
@@ -154,7 +148,7 @@ fn podman_plugin_built_out_of_tree_deploys_rolls_back_and_never_runs_docker() {
     assert!(b.stderr.contains(&marker), "the backend's log is not in the diagnostics:\n{}", b.output());
     assert!(b.stderr.contains("rolled back to release r1, which is healthy"), "{}", b.output());
     assert_eq!(p.current_release().expect("current"), "r1");
-    assert_eq!(info(&p)["greeting"], greeting_a.as_str());
+    assert_eq!(p.info()["greeting"], greeting_a.as_str());
     assert!(p.get("/api/notes").expect("notes").contains(&note), "the row written before B is gone");
 
     // status, releases, logs through the plugin.
@@ -173,11 +167,11 @@ fn podman_plugin_built_out_of_tree_deploys_rolls_back_and_never_runs_docker() {
     let greeting_c = format!("podman greeting C {}", random_hex(4));
     p.set_env("APP_GREETING", &greeting_c);
     run(&p, &data, &["deploy", "--release-version", "r3"]).expect_code(0);
-    assert_eq!(info(&p)["greeting"], greeting_c.as_str());
+    assert_eq!(p.info()["greeting"], greeting_c.as_str());
     let rb = run(&p, &data, &["rollback"]);
     rb.expect_code(0);
     assert!(rb.stderr.contains("release r1 is current and healthy"), "{}", rb.output());
-    assert_eq!(info(&p)["greeting"], greeting_a.as_str());
+    assert_eq!(p.info()["greeting"], greeting_a.as_str());
 
     // The everyday commands: exec, stop (data kept), start (healthy again).
     let exec = run(&p, &data, &["exec", "backend", "--", "node", "-e", "console.log(6 * 7)"]);
@@ -188,7 +182,7 @@ fn podman_plugin_built_out_of_tree_deploys_rolls_back_and_never_runs_docker() {
     let started = run(&p, &data, &["start"]);
     started.expect_code(0);
     assert!(started.stderr.contains("all healthy"), "{}", started.output());
-    assert_eq!(info(&p)["greeting"], greeting_a.as_str());
+    assert_eq!(p.info()["greeting"], greeting_a.as_str());
     assert!(p.get("/api/notes").expect("notes").contains(&note), "the row is gone after stop/start");
 
     // No docker on the target, and every runtime command went through podman:
