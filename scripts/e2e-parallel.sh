@@ -18,9 +18,8 @@ jobs_max="${E2E_JOBS:-3}"
 log_dir="${E2E_LOG_DIR:-target/e2e-logs}"
 mkdir -p "$log_dir"
 
-# Test threads per file (default 2): deploy.rs, the longest, has fifteen
-# independent tests that mostly wait.
-declare -A threads=([deploy]=3)
+# Test threads per file (default 2).
+declare -A threads=()
 
 # Seconds measured on this machine kind with three files at a time; only the
 # order matters.
