@@ -468,6 +468,7 @@ pub fn start_release(ctx: &mut Ctx<'_>, version: &str, record: &ReleaseRecord) -
     let h = ctx.wait_healthy(version)?;
     ctx.timings.record(Stage::Health, start);
     let states = h.map_err(|f| anyhow::anyhow!("{f}"))?;
+    super::rollback::check_images(record, &states)?;
     for s in &states {
         ctx.detail(&format!("{}: {} ({})", s.service, s.state, s.health.as_deref().unwrap_or("no health check")));
     }

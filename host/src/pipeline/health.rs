@@ -61,6 +61,24 @@ pub fn judge(expected: &[&str], states: &[ServiceState]) -> Verdict {
     }
 }
 
+/// Running containers whose image is not the one `images` (service →
+/// image ID) gives them: a stack tool that left an old container in place
+/// would otherwise pass for the new release. A state without an image ID (a
+/// plugin that does not report it) is not judged. `service: runs A, not B`.
+pub fn image_mismatches(images: &[(&str, &str)], states: &[ServiceState]) -> Vec<String> {
+    let short = |id: &str| id.trim_start_matches("sha256:").chars().take(12).collect::<String>();
+    states
+        .iter()
+        .filter(|s| s.state == "running")
+        .filter_map(|s| {
+            let (_, want) = images.iter().find(|(svc, _)| *svc == s.service)?;
+            let have = s.image_id.as_deref()?;
+            (have != *want)
+                .then(|| format!("{}: runs image {}, not the release's {}", s.service, short(have), short(want)))
+        })
+        .collect()
+}
+
 /// Backoff delays: `initial`, doubling, capped at `max`.
 pub fn backoff(initial: Duration, max: Duration) -> impl Iterator<Item = Duration> {
     let mut next = initial;
@@ -144,6 +162,26 @@ mod tests {
             health: health.map(str::to_string),
             ..ServiceState::default()
         }
+    }
+
+    #[test]
+    fn a_container_on_another_image_is_named_and_one_without_an_id_is_not_judged() {
+        let mut old = st("backend", "running", Some("healthy"));
+        old.image_id = Some("sha256:0000000000aa0000".into());
+        let mut new = st("database", "running", Some("healthy"));
+        new.image_id = Some("sha256:1111111111bb1111".into());
+        let unknown = st("frontend", "running", None);
+        let mut gone = st("backend", "exited", None);
+        gone.image_id = Some("sha256:2222".into());
+        let want = [
+            ("database", "sha256:1111111111bb1111"),
+            ("backend", "sha256:3333333333cc3333"),
+            ("frontend", "sha256:4444"),
+        ];
+        assert_eq!(
+            image_mismatches(&want, &[old, new, unknown, gone]),
+            vec!["backend: runs image 0000000000aa, not the release's 3333333333cc".to_string()]
+        );
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! healthy (P31), and only then point `current` at it.
 
 use anyhow::{bail, Context, Result};
-use cultivate_plugin_api::ops;
+use cultivate_plugin_api::ops::{self, ServiceState};
 
-use super::release::ReleaseStatus;
+use super::release::{ReleaseRecord, ReleaseStatus};
 use super::{Ctx, Stage};
 use crate::error::{Code, UserError};
 use crate::output::Printer;
@@ -22,7 +22,7 @@ pub fn start_and_verify(ctx: &mut Ctx<'_>, version: &str) -> Result<()> {
         Some(record) if super::switch::supported(ctx) => {
             super::switch::converge(ctx, version, &record, true, false, None).map(|_| ())
         }
-        _ => legacy_start(ctx, version),
+        record => legacy_start(ctx, version, record.as_ref()),
     };
     match result {
         Ok(()) => {
@@ -41,11 +41,30 @@ pub fn start_and_verify(ctx: &mut Ctx<'_>, version: &str) -> Result<()> {
 
 /// Earlier versions' way, for a stack plugin that cannot switch (or a
 /// release without a record): `compose up` of the whole release, then health.
-fn legacy_start(ctx: &mut Ctx<'_>, version: &str) -> Result<()> {
+fn legacy_start(ctx: &mut Ctx<'_>, version: &str, record: Option<&ReleaseRecord>) -> Result<()> {
     let stack = ctx.stack_ref(version);
     ctx.stack_op::<ops::StackUp>(&ops::StackUpRequest { stack, force_recreate: false, timeout_secs: Some(30) })
         .with_context(|| format!("starting release {version}"))?;
-    ctx.wait_healthy(version)?.map(|_| ()).map_err(|f| anyhow::anyhow!("{f}"))
+    let states = ctx.wait_healthy(version)?.map_err(|f| anyhow::anyhow!("{f}"))?;
+    match record {
+        Some(record) => check_images(record, &states),
+        None => Ok(()),
+    }
+}
+
+/// After a whole-stack start: every running container is on the release's
+/// image, or the release is not the one running (see [`health::image_mismatches`]).
+pub fn check_images(record: &ReleaseRecord, states: &[ServiceState]) -> Result<()> {
+    let images: Vec<(&str, &str)> = record.images.iter().map(|(s, i)| (s.as_str(), i.id.as_str())).collect();
+    let wrong = super::health::image_mismatches(&images, states);
+    if wrong.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "release {} is not what runs: {} (the stack tool left the earlier containers in place)",
+        record.version,
+        wrong.join("; ")
+    )
 }
 
 /// The release a rollback goes to: `to`, or the newest healthy release older than `current`.
