@@ -6,27 +6,18 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-fn target_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_cultivate")).parent().unwrap().to_path_buf()
-}
+mod common;
+use common::target_dir;
 
 /// Builds the libraries once.
 fn built() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet"])
-            .args(["-p", "cultivate-fixture-bad-api", "-p", "cultivate-fixture-not-a-plugin"])
-            .args(["-p", "cultivate-plugin-local", "-p", "cultivate-plugin-compose"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the libraries failed");
-        target_dir()
-    })
+    common::build_once(&[
+        "cultivate-fixture-bad-api",
+        "cultivate-fixture-not-a-plugin",
+        "cultivate-plugin-local",
+        "cultivate-plugin-compose",
+    ])
 }
 
 /// One test's world: a home, a user data directory, and a bundled directory

@@ -4,31 +4,21 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-fn target_dir() -> PathBuf {
-    // target/debug/deps/plugin_loading-… → target/debug
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_cultivate"));
-    exe.parent().unwrap().to_path_buf()
-}
+mod common;
 
 /// Builds the fixture libraries and the local transport once.
 fn built() -> &'static PathBuf {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet"])
-            .args(["-p", "cultivate-fixture-bad-api", "-p", "cultivate-fixture-bad-layout"])
-            .args(["-p", "cultivate-fixture-not-a-plugin", "-p", "cultivate-fixture-panicky"])
-            .args(["-p", "cultivate-plugin-local", "-p", "cultivate-plugin-docker", "-p", "cultivate-plugin-compose"])
-            .args(["-p", "cultivate-plugin-finch"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the fixture libraries failed");
-        target_dir()
-    })
+    common::build_once(&[
+        "cultivate-fixture-bad-api",
+        "cultivate-fixture-bad-layout",
+        "cultivate-fixture-not-a-plugin",
+        "cultivate-fixture-panicky",
+        "cultivate-plugin-local",
+        "cultivate-plugin-docker",
+        "cultivate-plugin-compose",
+        "cultivate-plugin-finch",
+    ])
 }
 
 /// A plugin directory holding the given libraries, each under a plugin file name.
