@@ -7,7 +7,6 @@
 use std::path::Path;
 
 use crate::settings::{Problem, Settings};
-use crate::stack::Stack;
 
 /// Dependencies the base image provides (Debian packages), so they need not be vendored.
 pub const PROVIDED_DEPENDENCIES: &[&str] = &["pg"];
@@ -138,7 +137,7 @@ fn frontend_layout(s: &Settings, frontend: &Path) -> Vec<Problem> {
 
 /// The stack's files, and whether the compose file can pass the variables on.
 pub fn stack(s: &Settings) -> Vec<Problem> {
-    let stack = Stack::locate(s.stack_dir.as_deref(), &s.base_dir);
+    let stack = s.stack();
     let mut out: Vec<Problem> = stack
         .problems()
         .into_iter()

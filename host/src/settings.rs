@@ -266,6 +266,13 @@ pub struct Settings {
     pub log_retention_days: u32,
 }
 
+impl Settings {
+    /// The stack this project uses: `stack_dir`, the project's own copy, or the built-in one.
+    pub fn stack(&self) -> crate::stack::Stack {
+        crate::stack::Stack::locate(self.stack_dir.as_deref(), &self.base_dir)
+    }
+}
+
 /// Flags that override the file and the environment.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {

@@ -14,8 +14,7 @@ pub fn check(printer: &Printer, config: Option<&Path>, args: &TargetArgs) -> Res
     let s = settings::load(config, &Overrides::from_target(args))?;
     crate::checks::enforce(&s)?;
     let mut value = serde_json::to_value(&s)?;
-    value["stack"] =
-        serde_json::Value::String(crate::stack::Stack::locate(s.stack_dir.as_deref(), &s.base_dir).describe());
+    value["stack"] = serde_json::Value::String(s.stack().describe());
     if let Some(path) = &s.secrets_file {
         let secrets = settings::load_secrets(path)?;
         value["secrets"] = secrets.keys().map(|k| (k.clone(), serde_json::Value::String("***".into()))).collect();

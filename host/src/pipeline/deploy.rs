@@ -159,7 +159,7 @@ fn plan(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, String>) ->
     } else {
         None
     };
-    let stack = crate::stack::Stack::locate(s.stack_dir.as_deref(), &s.base_dir);
+    let stack = s.stack();
     let steps = [
         format!("use {}", stack.describe()),
         format!(
@@ -550,7 +550,7 @@ fn image_summary(i: &BuiltImage) -> String {
 
 fn build_images(ctx: &mut Ctx<'_>, version: &str) -> Result<Vec<BuiltImage>> {
     let s = ctx.settings;
-    let stack = crate::stack::Stack::locate(s.stack_dir.as_deref(), &s.base_dir);
+    let stack = s.stack();
     ctx.detail(&format!("stack: {}", stack.describe()));
     let context = build::context_tar(&stack, &s.app_dir)?;
     let start = std::time::Instant::now();
@@ -787,7 +787,7 @@ fn config_files(
     images: &BTreeMap<String, ReleaseImage>,
 ) -> Result<Vec<ConfigFile>> {
     let s = ctx.settings;
-    let stack = crate::stack::Stack::locate(s.stack_dir.as_deref(), &s.base_dir);
+    let stack = s.stack();
     // Every [env] key and secret reaches the backend (and the release command) by name; values stay in .env.
     let names: Vec<&str> = s.env.keys().chain(secrets.keys()).map(String::as_str).collect();
     let compose = crate::stack::render_compose(&stack.compose()?, &names).map_err(|e| {

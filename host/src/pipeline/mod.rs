@@ -246,7 +246,7 @@ impl<'a> Ctx<'a> {
             "ln -sfn {} {} && {} && rm -f {}",
             q(&format!("releases/{version}")),
             q(&tmp),
-            mv_replace(&q(&tmp), &q(&self.layout.current())),
+            mv_replace(&self.session.info, &q(&tmp), &q(&self.layout.current())),
             q(&self.layout.stopped())
         ))?;
         Ok(())
@@ -368,9 +368,14 @@ impl<'a> Ctx<'a> {
 
 /// A shell command that renames `src` (quoted) to `dest` (quoted), replacing
 /// `dest` itself even when it is a symbolic link to a directory: GNU mv's
-/// `-T`, which macOS's BSD mv lacks; its `-h` does the same there.
-pub fn mv_replace(src: &str, dest: &str) -> String {
-    format!("if [ \"$(uname -s)\" = Darwin ]; then mv -fh {src} {dest}; else mv -Tf {src} {dest}; fi")
+/// `-T`, which macOS's BSD mv lacks; its `-h` does the same there. `info` is
+/// the probed target.
+pub fn mv_replace(info: &cultivate_plugin_api::TargetInfo, src: &str, dest: &str) -> String {
+    if info.os_key() == "darwin" {
+        format!("mv -fh {src} {dest}")
+    } else {
+        format!("mv -Tf {src} {dest}")
+    }
 }
 
 /// Default deploy directory for the target's OS.

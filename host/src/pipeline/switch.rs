@@ -460,7 +460,7 @@ fn switch_site(ctx: &mut Ctx<'_>, record: &ReleaseRecord) -> Result<bool> {
          ln -sfn {t} .site.tmp && {mv} && echo moved; fi",
         d = q(&dir),
         t = q(&format!("sites/{id}")),
-        mv = super::mv_replace(".site.tmp", "site")
+        mv = super::mv_replace(&ctx.session.info, ".site.tmp", "site")
     ))?;
     Ok(out.stdout.trim() == "moved")
 }
