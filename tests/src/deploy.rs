@@ -20,7 +20,10 @@ use crate::prereq;
 use crate::testenv::{self, Kind, Target};
 
 /// Path of the `cultivate` binary, built (with the plugins it loads from its
-/// own directory) the first time a test asks for it when it is missing.
+/// own directory) the first time a test process asks for it when it is
+/// missing or older than a source it is made of (the built-in stack's
+/// Dockerfiles and compose file are compiled into it): a stale binary would
+/// test yesterday's code.
 pub fn binary() -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
@@ -28,23 +31,46 @@ pub fn binary() -> PathBuf {
             let root = prereq::workspace_root();
             let bin = root.join("target/debug/cultivate");
             let plugins = ["local", "ssh", "docker", "compose", "finch"];
-            let have_all = bin.exists()
-                && plugins.iter().all(|p| root.join(format!("target/debug/libcultivate_plugin_{p}.so")).exists());
-            if !have_all {
-                let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-                cmd.current_dir(&root).args(["build", "-p", "cultivate"]);
-                for p in plugins {
-                    cmd.args(["-p", &format!("cultivate-plugin-{p}")]);
-                }
-                let status = cmd.status().map_err(|e| format!("running cargo build: {e}"))?;
-                if !status.success() {
-                    return Err(format!("cargo build of cultivate and its plugins failed ({status})"));
-                }
+            let libs: Vec<PathBuf> =
+                plugins.iter().map(|p| root.join(format!("target/debug/libcultivate_plugin_{p}.so"))).collect();
+            let oldest = std::iter::once(&bin)
+                .chain(&libs)
+                .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+                .collect::<Option<Vec<_>>>()
+                .and_then(|times| times.into_iter().min());
+            let sources = ["host", "plugins", "plugin-api", "compose", "docker", "Cargo.lock"];
+            let fresh = oldest
+                .is_some_and(|built| sources.iter().all(|s| newest_mtime(&root.join(s)).is_none_or(|t| t <= built)));
+            if fresh {
+                return Ok(bin);
+            }
+            let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            cmd.current_dir(&root).args(["build", "--quiet", "-p", "cultivate"]);
+            for p in plugins {
+                cmd.args(["-p", &format!("cultivate-plugin-{p}")]);
+            }
+            let status = cmd.status().map_err(|e| format!("running cargo build: {e}"))?;
+            if !status.success() {
+                return Err(format!("cargo build of cultivate and its plugins failed ({status})"));
             }
             Ok(bin)
         })
         .clone()
         .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The newest modification time of a file under `path` (itself if a file).
+fn newest_mtime(path: &Path) -> Option<std::time::SystemTime> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name() != "target" && e.file_name() != "node_modules")
+        .filter_map(|e| newest_mtime(&e.path()))
+        .max()
 }
 
 /// Random hex (from /dev/urandom), `bytes` bytes long.
