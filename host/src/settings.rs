@@ -198,6 +198,13 @@ pub struct AppSettings {
     pub spa_fallback: bool,
 }
 
+/// A health path the backend's check and the frontend's nginx both take
+/// unquoted: `/` then letters, digits and `/._~%=?&+-` (the frontend's
+/// Dockerfile refuses anything else too).
+pub fn health_path_ok(path: &str) -> bool {
+    path.starts_with('/') && path.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._~%=?&+-".contains(&b))
+}
+
 /// Default `app.health_path`.
 pub const DEFAULT_HEALTH_PATH: &str = "/health";
 /// Default `app.build_command`.
@@ -463,13 +470,13 @@ pub fn resolve(
 
     // app and release
     let health_path = cfg.app.health_path.clone().unwrap_or_else(|| DEFAULT_HEALTH_PATH.into());
-    if !health_path.starts_with('/')
-        || !health_path.bytes().all(|b| b.is_ascii_graphic())
-        || health_path.contains(['\'', '"', '$', '`', '\\'])
-    {
+    if !health_path_ok(&health_path) {
         problem(
             "app.health_path",
-            format!("`{health_path}` must be a URL path starting with `/`, without spaces or quotes, e.g. \"/health\""),
+            format!(
+                "`{health_path}` must be a URL path starting with `/`, of letters, digits and `/._~%=?&+-` \
+                 only (the frontend's nginx proxies /api/health to it), e.g. \"/health\""
+            ),
         );
     }
     let command_ok = |c: &str| !c.contains(['\n', '\r', '\0', '\'']) && !c.contains("${");
@@ -1039,6 +1046,19 @@ mod tests {
                     prop_assert_eq!(keys(&e), vec!["ports.https".to_string()]);
                 }
             }
+        }
+
+        /// A health path that passes the check never carries what would break
+        /// the frontend's nginx line or the shell (and `/` plus URL-safe text passes).
+        #[test]
+        fn health_paths_are_safe_for_nginx(path in "\\PC{0,20}", safe in "[A-Za-z0-9/._~%=?&+-]{0,20}") {
+            if health_path_ok(&path) {
+                prop_assert!(path.starts_with('/'));
+                let unsafe_chars = [';', '{', '}', '#', '\'', '"', '$', '`', '\\', ' ', '\t', '\n', '|'];
+                prop_assert!(!path.contains(unsafe_chars), "{:?} passed", path);
+            }
+            let safe_path = format!("/{safe}");
+            prop_assert!(health_path_ok(&safe_path));
         }
 
         /// No file text, environment or flag makes the loader panic.

@@ -158,6 +158,9 @@ fn own_application_with_migrations_env_and_checks() {
     assert!(p.get("/").expect("GET /").contains("<title>Notes</title>"));
     let status = curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}", &p.url("/no/such/page")]).expect("curl");
     assert_eq!(status, "404", "app.spa_fallback = false");
+    // The frontend's /api/health reaches the app's own health route (app.health_path = /healthz).
+    let health = p.get("/api/health").expect("GET /api/health through nginx");
+    assert!(health.contains("\"ok\":true"), "{health}");
 
     // Every [env] key and secret reaches the backend.
     let cfg: serde_json::Value =
