@@ -126,9 +126,30 @@ operation!(
     ImageList, "image.list", ImageListRequest => Vec<ImageInfo>
 );
 operation!(
-    /// The command that loads an image archive (`docker save` format) from stdin.
+    /// The command that loads an image archive from stdin: `docker save`
+    /// format, or the formats the probe lists under [`LOAD_FORMATS_DETAIL`].
     ImageLoadCommand, "image.load_command", Empty => CommandSpec
 );
+
+/// Probe detail: the archive formats `image.load_command`'s command accepts
+/// besides `docker save`'s, separated by commas. A plugin that leaves it out
+/// gets `docker save` archives, as before.
+pub const LOAD_FORMATS_DETAIL: &str = "load_formats";
+
+/// A [`LOAD_FORMATS_DETAIL`] value: an OCI image layout archive (`oci-layout`,
+/// `index.json` naming the image's reference in the
+/// `org.opencontainers.image.ref.name` annotation, one manifest, blobs under
+/// `blobs/sha256/`, layers uncompressed) from which the blobs of layers the
+/// target's store already holds are left out. The loader must look a layer
+/// up in its store by digest before reading it from the archive, as
+/// containers/image (Podman, Buildah, Skopeo) does. A load that fails gets
+/// the whole `docker save` archive once.
+pub const LOAD_FORMAT_OCI_PARTIAL: &str = "oci-archive-partial";
+
+/// True when a probe's details say the load command takes `format`.
+pub fn loads_format(details: &BTreeMap<String, String>, format: &str) -> bool {
+    details.get(LOAD_FORMATS_DETAIL).is_some_and(|v| v.split(',').any(|f| f.trim() == format))
+}
 operation!(
     /// Tag an image.
     ImageTag, "image.tag", ImageTagRequest => Empty
@@ -485,4 +506,19 @@ pub fn handle<O: Operation>(
     let resp = f(req)?;
     serde_json::to_string(&resp)
         .map_err(|e| crate::PluginError::other(format!("cannot encode response of {}: {e}", O::NAME)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_formats_are_read_from_the_probe_detail() {
+        let mut details = BTreeMap::new();
+        assert!(!loads_format(&details, LOAD_FORMAT_OCI_PARTIAL), "no detail: docker archives only");
+        details.insert(LOAD_FORMATS_DETAIL.to_string(), "docker-archive, oci-archive-partial".to_string());
+        assert!(loads_format(&details, LOAD_FORMAT_OCI_PARTIAL));
+        details.insert(LOAD_FORMATS_DETAIL.to_string(), "oci-archive-partial-v2".to_string());
+        assert!(!loads_format(&details, LOAD_FORMAT_OCI_PARTIAL), "a prefix is not the format");
+    }
 }
