@@ -681,6 +681,8 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
         .ok()
         .and_then(|p| p.details.get("image_store"))
         .is_none_or(|s| s != "classic");
+    // A runtime that takes a partial OCI archive (Podman) gets one instead.
+    let oci = ctx.runtimes.images.probe.as_ref().is_ok_and(super::oci_archive::accepted);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let builder = LocalBuilder::find(&rt)?;
     let mut stats = Vec::new();
@@ -716,10 +718,17 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
         }
         let mut archive = builder.export(&rt, &image.reference)?;
         let archive_bytes = transfer::file_len(&archive);
-        let skip =
-            if containerd { Default::default() } else { transfer::skippable_layer_files(&mut archive, &chains)? };
-        let mut st = send_archive(ctx, image, &mut archive, &skip, archive_bytes)?;
-        if !st.1 && !skip.is_empty() {
+        let skip = if containerd || oci {
+            Default::default()
+        } else {
+            transfer::skippable_layer_files(&mut archive, &chains)?
+        };
+        let mut st = if oci {
+            super::oci_archive::send(ctx, image, &mut archive, &chains, archive_bytes)?
+        } else {
+            send_archive(ctx, image, &mut archive, &skip, archive_bytes)?
+        };
+        if !st.1 && (oci || !skip.is_empty()) {
             ctx.warn(&format!("{}: loading only the changed layers failed; sending the whole image", image.service));
             st = send_archive(ctx, image, &mut archive, &Default::default(), archive_bytes)?;
             st.0.fell_back = true;

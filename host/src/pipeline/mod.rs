@@ -19,6 +19,7 @@ pub mod envfile;
 pub mod health;
 pub mod local_finch;
 pub mod lock;
+pub mod oci_archive;
 pub mod progress;
 pub mod release;
 pub mod rollback;
