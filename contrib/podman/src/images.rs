@@ -148,7 +148,17 @@ pub fn list(host: &Host, prefix: &[String], repo_prefix: &str) -> Result<Vec<Ima
     Ok(inspect(host, prefix, &refs)?.into_iter().filter(|i| i.id.is_some()).collect())
 }
 
-/// The command that loads a `docker save` archive from stdin (`podman load` reads that format).
+/// The archive formats `podman load` takes besides `docker save`'s (the
+/// probe's `load_formats`): an OCI archive without the layer blobs the store
+/// already has. Podman 4.3's `load` refuses a `docker save` archive with layer
+/// files left out ("Some layer tarfiles are missing in the tarball"), but from
+/// an OCI layout containers/image asks the store for each layer by digest
+/// before it reads the blob.
+pub const LOAD_FORMATS: &str = "docker-archive,oci-archive-partial";
+
+/// The command that loads an image archive from stdin: `podman load` finds
+/// out itself whether it is a `docker save` archive or an OCI archive, and
+/// tags the image with the reference the archive names.
 pub fn load_command(prefix: &[String]) -> CommandSpec {
     ExecRequest::new(argv(prefix, &["load"]))
 }

@@ -200,7 +200,7 @@ const NO_COMPOSE: &str = "neither `podman compose` nor `podman-compose` answered
 
 /// Probes Podman: found, version at least [`MIN_PODMAN`], rootful or
 /// rootless, and a compose command. Details: `rootless`, `compose`,
-/// `compose_version`, `storage_driver`.
+/// `compose_version`, `storage_driver`, `load_formats`.
 pub fn probe(host: &Host) -> Result<Probe, PluginError> {
     let Some(out) = run_quiet(host, &["podman", "version", "--format", "json"])? else {
         return Ok(Probe::unavailable("podman not found on the target"));
@@ -252,7 +252,11 @@ pub fn probe(host: &Host) -> Result<Probe, PluginError> {
         .with_detail("storage_driver", driver)
         .with_detail("compose", compose.command.join(" "))
         .with_detail("compose_version", compose.version)
-        .with_detail("flavour", flavour))
+        .with_detail("flavour", flavour)
+        // `podman load` takes an OCI archive and looks each layer up in its
+        // store by digest before reading it: the host may leave out the
+        // layers the target has (docs/plugins.md, "Layers").
+        .with_detail(ops::LOAD_FORMATS_DETAIL, images::LOAD_FORMATS))
 }
 
 /// The compose command for a stack operation, found now on the target.

@@ -56,6 +56,8 @@ fn probe_finds_rootful_podman_and_podman_compose() {
     assert_eq!(p.details["compose"], "podman-compose");
     assert_eq!(p.details["compose_version"], "1.0.3");
     assert_eq!(p.details["flavour"], "podman-compose 1.0.3");
+    // the host may send an OCI archive without the layers the store has
+    assert!(cultivate_plugin_api::ops::loads_format(&p.details, cultivate_plugin_api::ops::LOAD_FORMAT_OCI_PARTIAL));
 }
 
 #[test]
