@@ -4,8 +4,10 @@
 //! the example to a `bare` target into which Podman and podman-compose are
 //! installed from Debian bookworm's packages, with no Docker at all: a good
 //! release, a broken one rolled back automatically, `status`, `releases`,
-//! `logs`, `rollback`, `exec`, `stop` and `start`. No `docker` command runs on the target: there is
-//! none, and the log of every run shows each command the plugins ran.
+//! `logs`, `rollback`, `exec`, `stop` and `start`, then a one-line backend
+//! change that sends only the changed layer (an OCI archive without the
+//! layers Podman's store has). No `docker` command runs on the target: there
+//! is none, and the log of every run shows each command the plugins ran.
 //!
 //! Target: `pod-e2e` (bare), ports 20710–20711.
 
@@ -184,6 +186,53 @@ fn podman_plugin_built_out_of_tree_deploys_rolls_back_and_never_runs_docker() {
     assert!(started.stderr.contains("all healthy"), "{}", started.output());
     assert_eq!(p.info()["greeting"], greeting_a.as_str());
     assert!(p.get("/api/notes").expect("notes").contains(&note), "the row is gone after stop/start");
+
+    // One backend line changed: only the changed layer crosses the wire, as
+    // an OCI archive without the layers the target's store has, and the
+    // image ID on the target is the one built here (P20).
+    let one_line = p.dir.path().join("one-line");
+    std::fs::create_dir_all(&one_line).expect("dir");
+    let edited = app_copy(&one_line, |s| s.replacen("'use strict';", "'use strict'; // r4: one line changed", 1));
+    p.set_app_dir(&edited);
+    let r4 = run(&p, &data, &["--json", "deploy", "--release-version", "r4"]);
+    r4.expect_code(0);
+    let report = r4.json();
+    let transfers = report["transfers"].as_array().expect("transfers in the JSON report");
+    let of = |service: &str| {
+        transfers
+            .iter()
+            .find(|t| t["reference"].as_str().is_some_and(|r| r.contains(&format!("-{service}:"))))
+            .unwrap_or_else(|| panic!("no transfer of {service}: {report}"))
+            .clone()
+    };
+    let backend = of("backend");
+    let (sent, whole) = (backend["bytes_sent"].as_u64().unwrap(), backend["archive_bytes"].as_u64().unwrap());
+    eprintln!(
+        "podman, one backend line changed: {sent} bytes sent of a {whole}-byte image, {} layers skipped",
+        backend["layers_skipped"]
+    );
+    assert_eq!(backend["already_present"], false, "{backend}");
+    assert_eq!(backend["fell_back"], false, "the partial OCI archive did not load: {}", r4.output());
+    assert!(backend["layers_skipped"].as_u64().unwrap() > 0, "{backend}");
+    assert!(sent > 0 && sent * 100 < whole, "{sent} bytes sent of {whole}: more than the changed layers");
+    for unchanged in ["database", "frontend"] {
+        assert_eq!(of(unchanged)["already_present"], true, "{}", of(unchanged));
+    }
+    let reference = format!("{}-backend:r4", p.name);
+    let here = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", &reference])
+        .output()
+        .expect("docker image inspect");
+    let there =
+        target.ssh_ok(&format!("podman image inspect --format '{{{{.Id}}}}' localhost/{reference}")).expect("inspect");
+    let there = there.trim();
+    assert_eq!(
+        String::from_utf8_lossy(&here.stdout).trim(),
+        if there.starts_with("sha256:") { there.to_string() } else { format!("sha256:{there}") },
+        "the image ID on the target is not the one built here"
+    );
+    assert_eq!(p.info()["greeting"], greeting_c.as_str());
+    assert_eq!(p.current_release().expect("current"), "r4");
 
     // No docker on the target, and every runtime command went through podman:
     // the only docker words in the logs are the other plugins' probes.
