@@ -124,7 +124,11 @@ cleanup() {
     for name in "${UP_TARGETS[@]}"; do
         scripts/testenv.sh down "$name" >/dev/null 2>&1 || printf 'bench-deploy: could not take %s down: run scripts/testenv.sh down %s\n' "$name" "$name" >&2
     done
-    docker image ls --format '{{.Repository}}:{{.Tag}}' | grep "^$HAND_PREFIX-" | xargs -r docker rmi -f >/dev/null 2>&1 || true
+    # the hand builds, and the changed releases' tags (their images are new in
+    # every run; v1 stays: it is the build cache of the next run's first deploy)
+    docker image ls --format '{{.Repository}}:{{.Tag}}' |
+        grep -E "^($HAND_PREFIX-.*|$PROJECT-(database|backend|frontend):v[234])\$" |
+        xargs -r docker rmi >/dev/null 2>&1 || true
     if ((rc != 0)) && [[ -n ${KEEP_WORK:-} ]]; then
         printf 'bench-deploy: kept %s (KEEP_WORK)\n' "$WORK" >&2
     else
@@ -323,6 +327,11 @@ open(path, "w").write(text.replace(os.environ["FROM"], os.environ["TO"], 1))
 PY
 }
 
+# The changes are new in every run: a change built by an earlier run would come
+# from the build cache and measure no build at all.
+RUN_ID="run $START_EPOCH.$SUFFIX"
+RUN_COLOUR=$(printf '#%06x' $(((START_EPOCH * 7919 + SUFFIX) % 0xffffff)))
+[[ $RUN_COLOUR != "#3a7d44" ]] || RUN_COLOUR="#2f6f3a"
 BACKEND_FILE=backend/server.js
 BACKEND_FROM="'Hello from cultivate'"
 FRONTEND_FILE=frontend/src/style.css
@@ -378,12 +387,12 @@ measure "$TARGET_A" first 1 deploy cv "$WORK/a.toml" deploy --release-version v1
 for ((i = 1; i <= REPEAT; i++)); do
     measure "$TARGET_A" unchanged "$i" deploy cv "$WORK/a.toml" deploy --release-version v2
 done
-change_line "$WORK/app-hand/$BACKEND_FILE" "$BACKEND_FROM" "'Hello from the hand build'"
+change_line "$WORK/app-hand/$BACKEND_FILE" "$BACKEND_FROM" "'Hello from the hand build $RUN_ID'"
 make_context "$WORK/app-hand" "$WORK/ctx-hand.tar"
 measure - hand-backend 1 hand hand_build "$WORK/ctx-hand.tar" backend "$HAND_PREFIX-backend:changed"
-change_line "$WORK/app/$BACKEND_FILE" "$BACKEND_FROM" "'Hello from the benchmark'"
+change_line "$WORK/app/$BACKEND_FILE" "$BACKEND_FROM" "'Hello from the benchmark $RUN_ID'"
 measure "$TARGET_A" backend 1 deploy cv "$WORK/a.toml" deploy --release-version v3
-change_line "$WORK/app/$FRONTEND_FILE" "$FRONTEND_FROM" "--accent: #2f6f3a;"
+change_line "$WORK/app/$FRONTEND_FILE" "$FRONTEND_FROM" "--accent: $RUN_COLOUR;"
 measure "$TARGET_A" frontend 1 deploy cv "$WORK/a.toml" deploy --release-version v4
 measure "$TARGET_A" rollback 1 other cv "$WORK/a.toml" rollback
 for ((i = 1; i <= REPEAT; i++)); do
