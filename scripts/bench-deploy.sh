@@ -219,6 +219,7 @@ measure() {
     shift 4
     out=$WORK/out/$case.$run.json
     err=$WORK/out/$case.$run.err
+    RUN_LOG_DIR=$WORK/logs/$case.$run # cultivate's own log of this run (cv)
     say "$case (run $run)"
     [[ $target == - ]] || read -r tx0 rx0 < <(wire "$target")
     t0=$(now)
@@ -228,8 +229,8 @@ measure() {
     fi
     t1=$(now)
     [[ $target == - ]] || read -r tx1 rx1 < <(wire "$target")
-    printf '{"case":"%s","run":%d,"kind":"%s","target":"%s","t0":%s,"t1":%s,"to_target":%d,"from_target":%d,"out":"%s"}\n' \
-        "$case" "$run" "$kind" "$target" "$t0" "$t1" "$((tx1 - tx0))" "$((rx1 - rx0))" "$out" >>"$RECORDS"
+    printf '{"case":"%s","run":%d,"kind":"%s","target":"%s","t0":%s,"t1":%s,"to_target":%d,"from_target":%d,"out":"%s","log_dir":"%s"}\n' \
+        "$case" "$run" "$kind" "$target" "$t0" "$t1" "$((tx1 - tx0))" "$((rx1 - rx0))" "$out" "$RUN_LOG_DIR" >>"$RECORDS"
 }
 
 # ---------------------------------------------------------------- what runs
@@ -263,7 +264,7 @@ TOML
 cv() { # cv CONFIG ARGS...: cultivate, quiet, with its JSON report on stdout
     local config=$1
     shift
-    CULTIVATE_LOG_DIR="$WORK/logs" "$BIN" -q --json -c "$config" "$@"
+    CULTIVATE_LOG_DIR="${RUN_LOG_DIR:-$WORK/logs}" "$BIN" -q --json -c "$config" "$@"
 }
 
 save_load() { # save_load TARGET IMAGE...: the baseline
@@ -441,7 +442,7 @@ meta duration "$(($(date +%s) - START_EPOCH))"
 
 rc=0
 python3 - "$RECORDS" "$META" "$WRITE" "$OUT" "$STRICT" <<'PY' || rc=$?
-import json, statistics, sys
+import json, os, sys
 
 records_path, meta_path, write, out_path, strict = sys.argv[1:6]
 meta = {}
@@ -459,6 +460,14 @@ for line in open(records_path):
         r["report"] = {}
     if not isinstance(r["report"], dict):
         r["report"] = {}
+    # commands run on the target, as cultivate's own debug log lists them ("cultivate::cmd: $ ...")
+    r["commands"] = None
+    if r["kind"] in ("deploy", "other") and r.get("log_dir") and os.path.isdir(r["log_dir"]):
+        n = 0
+        for name in os.listdir(r["log_dir"]):
+            with open(os.path.join(r["log_dir"], name), errors="replace") as fh:
+                n += sum(1 for line in fh if "cultivate::cmd: $ " in line)
+        r["commands"] = n or None
     runs.setdefault(r["case"], []).append(r)
 
 def median_run(case):
@@ -528,11 +537,12 @@ p("")
 p("### Cases (target A, full link speed)")
 p("")
 p("Wall time in seconds. On the wire: bytes on the target's link counted by the kernel (to the target / from it); "
-  "cultivate's count: `bytes_sent` of its JSON report (image data only). Stages from the report's `timings`; "
+  "cultivate's count: `bytes_sent` of its JSON report (image data only). Commands on the target: the commands "
+  "cultivate's own debug log (CULTIVATE_LOG_DIR) lists as run there, each at least one round trip. Stages from the report's `timings`; "
   "rest = wall − build − transfer − up − health (connect, probe, lock, configuration, commit, logs, start-up).")
 p("")
-p("| case | wall s | on the wire (to / from) | cultivate's count | build s | transfer s | up + health s | rest s |")
-p("|---|---|---|---|---|---|---|---|")
+p("| case | wall s | on the wire (to / from) | cultivate's count | commands on the target | build s | transfer s | up + health s | rest s |")
+p("|---|---|---|---|---|---|---|---|---|")
 for case, label in CASES:
     r = median_run(case)
     if r is None:
@@ -542,7 +552,7 @@ for case, label in CASES:
     rest = r["wall"] - sum(known) if stages(r) else None
     count = r["report"].get("bytes_sent") if r["kind"] == "deploy" else None
     p(f"| {label} | {wall_cell(case)} | {hb(r['wire'])} ({hb(r['to_target'])} / {hb(r['from_target'])}) | "
-      f"{hb(count)} | {sec(b)} | {sec(t)} | {sec(u)} | {sec(rest)} |")
+      f"{hb(count)} | {r['commands'] if r['commands'] is not None else '–'} | {sec(b)} | {sec(t)} | {sec(u)} | {sec(rest)} |")
 p("")
 
 sl_all, sl_back, sl_front = (median_run(c) for c in ("saveload-all", "saveload-backend", "saveload-frontend"))
@@ -620,6 +630,8 @@ p("| goal | measured | limit | result |")
 p("|---|---|---|---|")
 u = median_run("unchanged")
 goal("nothing changed: wall", u and u["wall"], u and f"{u['wall']:.2f} s", "< 1.0 s", u and u["wall"] < 1.0)
+uc = u and u["commands"]
+goal("nothing changed: commands on the target (round trips)", uc, uc and f"{uc}", "< 8", (uc < 8) if uc else None)
 b = median_run("backend")
 bt = b and stage(b, *TRANSFER)
 goal("one backend line: transfer stage", bt, bt is not None and f"{bt:.2f} s", "< 1.0 s", (bt < 1.0) if bt is not None else None)
@@ -656,7 +668,8 @@ if u and stages(u):
     p(f"Where a deploy with nothing changed spends its {u['wall']:.2f} s (median run): "
       + ", ".join(f"{k} {v:.2f} s" for k, v in top)
       + f"; {u['wall'] - sum(s.values()):.2f} s outside any stage; "
-      + f"{hb(u['wire'])} on the wire.")
+      + f"{hb(u['wire'])} on the wire"
+      + (f", {u['commands']} commands on the target." if u["commands"] else "."))
 unexpected = [f"{c} run {r['run']}: {r['report'].get('outcome')}" for c, want in
               (("first", "deployed"), ("unchanged", "unchanged"), ("backend", "deployed"), ("frontend", "deployed"),
                ("limited-first", "deployed")) for r in runs.get(c, []) if r["report"].get("outcome") != want]
