@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use cultivate_plugin_api::{shell, ExecRequest};
+use cultivate_plugin_api::ExecRequest;
 
 use crate::output::Printer;
 use crate::pipeline::release::{Layout, ReleaseRecord};
@@ -36,26 +36,37 @@ pub fn register_configured(settings: &Settings, printer: &Printer) {
     }
 }
 
-/// Marker lines of [`READ_SCRIPT`]'s output.
-const RELEASE_MARK: &str = "@@cultivate-release ";
-const ENV_MARK: &str = "@@cultivate-env ";
+/// Marker lines of the read script's output ([`state::script`]).
+use crate::pipeline::state::{self, ENV_MARK, RELEASE_MARK};
 
-/// Registers the secret values of the `.env` of every release kept under `layout`.
-pub fn register_from_target(session: &Session, layout: &Layout) {
-    let script = format!(
-        "cd {} 2>/dev/null || exit 0; for d in */; do v=${{d%/}}; \
-         printf '\\n{RELEASE_MARK}%s\\n' \"$v\"; cat \"$v/release.json\" 2>/dev/null; \
-         printf '\\n{ENV_MARK}%s\\n' \"$v\"; cat \"$v/.env\" 2>/dev/null; done",
-        shell::quote(&layout.releases())
-    );
+/// Registers the secret values of the `.env` of every release kept under
+/// `layout`, and returns what the same command read of the deployment
+/// ([`state`]: `current`, the stop marker, the records), so that a
+/// read-only command needs no other read. `None` when it could not be read.
+pub fn register_from_target(session: &Session, layout: &Layout) -> Option<state::TargetState> {
+    let script = state::script(layout, true);
     match session.run(&ExecRequest::shell(script).private_output().timeout_secs(60)) {
         Ok(out) if out.success() => {
             let values = secret_values(&out.stdout);
             tracing::debug!("{} secret values of the releases on the target registered for redaction", values.len());
             crate::redact::register(values);
+            let state = state::parse(&out.stdout);
+            tracing::debug!(
+                "deployment on the target: current {:?}, releases {:?}, stopped {}",
+                state.current,
+                state.releases,
+                state.stopped
+            );
+            Some(state)
         }
-        Ok(out) => tracing::warn!("could not read the releases' .env files (status {})", out.status),
-        Err(e) => tracing::warn!("could not read the releases' .env files: {e}"),
+        Ok(out) => {
+            tracing::warn!("could not read the releases' .env files (status {})", out.status);
+            None
+        }
+        Err(e) => {
+            tracing::warn!("could not read the releases' .env files: {e}");
+            None
+        }
     }
 }
 

@@ -4,8 +4,9 @@
 //! Every command, whichever plugin asks for it, goes through [`Services::exec`],
 //! so `-v` shows each one and its output, with secrets redacted.
 
+use std::collections::HashMap;
 use std::io::Read;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -132,11 +133,59 @@ fn subcommand<'a>(args: &[&'a str], value_flags: &[&str]) -> Option<&'a str> {
 /// Host services for plugins, bound to one connection.
 pub struct Services {
     conn: Option<Arc<dyn Connection>>,
+    /// Answers to requests marked [`ExecRequest::stable_output`], by request:
+    /// what a plugin learned once in this run (the compose flavour, versions)
+    /// is not asked of the target again. See [`stable_key`].
+    stable: Mutex<HashMap<String, ExecOutput>>,
+}
+
+/// The memo key of a request whose output is stable within a run: `None`
+/// for any other request (and for one with stdin, whose answer depends on it).
+pub fn stable_key(req: &ExecRequest) -> Option<String> {
+    if !req.stable_output || req.stdin.is_some() || req.tty.is_some() {
+        return None;
+    }
+    // The timeout does not change the answer.
+    let mut key = req.clone();
+    key.timeout_secs = None;
+    serde_json::to_string(&key).ok()
 }
 
 impl Services {
-    /// Runs a command with its output streamed to the verbose log.
+    fn new(conn: Option<Arc<dyn Connection>>) -> Services {
+        Services { conn, stable: Mutex::new(HashMap::new()) }
+    }
+
+    fn memo(&self) -> std::sync::MutexGuard<'_, HashMap<String, ExecOutput>> {
+        self.stable.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets the stable answers (after installing software on the target).
+    pub fn forget_stable(&self) {
+        self.memo().clear();
+    }
+
+    /// Runs a command with its output streamed to the verbose log; a request
+    /// marked stable that already ran in this session is answered from memory.
     pub fn run(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
+        let key = stable_key(req);
+        if let Some(out) = key.as_ref().and_then(|k| self.memo().get(k).cloned()) {
+            tracing::debug!(
+                target: "cultivate::cmd",
+                "$ {}  (answered from this run's earlier run: exit {})",
+                redact::apply(&req.display()),
+                out.status
+            );
+            return Ok(out);
+        }
+        let result = self.run_uncached(req);
+        if let (Some(k), Ok(out)) = (key, &result) {
+            self.memo().insert(k, out.clone());
+        }
+        result
+    }
+
+    fn run_uncached(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
         let conn = self.conn.as_ref().ok_or_else(|| PluginError::invalid("no target connection in this context"))?;
         tracing::debug!(target: "cultivate::cmd", "$ {}", redact::apply(&req.display()));
         let private = output_is_private(req);
@@ -212,13 +261,13 @@ impl Session {
     pub fn connect(registry: &Registry, target: &Target, opts: &ConnectOptions) -> Result<Session> {
         let plugin = registry.select_transport(target.scheme(), opts.transport.as_deref())?;
         let name = plugin.manifest().name.clone();
-        let log_host = Host::new(Arc::new(Services { conn: None })).for_plugin(&name);
+        let log_host = Host::new(Arc::new(Services::new(None))).for_plugin(&name);
         let mut spec = opts.spec.clone();
         spec.target = target.as_str().to_string();
         let conn: Arc<dyn Connection> =
             Arc::from(plugin.connect(&log_host, &spec).with_context(|| format!("cannot connect to {target}"))?);
         let peer = conn.info().peer;
-        let services = Arc::new(Services { conn: Some(conn.clone()) });
+        let services = Arc::new(Services::new(Some(conn.clone())));
         let host = Host::new(services.clone());
         let out = services
             .run(&ExecRequest::shell(PROBE_SCRIPT).timeout_secs(30))
@@ -243,6 +292,11 @@ impl Session {
     /// Runs a command and collects its output.
     pub fn run(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
         self.services.run(req)
+    }
+
+    /// Forgets what stable requests answered (after installing software).
+    pub fn forget_stable(&self) {
+        self.services.forget_stable()
     }
 
     /// Runs a command and fails unless it exits 0.
@@ -377,6 +431,57 @@ fn drain(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A connection whose every command prints how many commands ran before it.
+    struct Counting(Arc<AtomicUsize>);
+
+    struct Done(Option<ChannelEvent>, Option<ChannelEvent>);
+
+    impl cultivate_plugin_api::Channel for Done {
+        fn write_stdin(&mut self, _: &[u8]) -> Result<(), PluginError> {
+            Ok(())
+        }
+        fn close_stdin(&mut self) -> Result<(), PluginError> {
+            Ok(())
+        }
+        fn next_event(&mut self, _: Duration) -> Result<ChannelEvent, PluginError> {
+            Ok(self.0.take().or_else(|| self.1.take()).unwrap_or(ChannelEvent::Idle))
+        }
+    }
+
+    impl Connection for Counting {
+        fn exec(&self, _: &ExecRequest) -> Result<Box<dyn cultivate_plugin_api::Channel>, PluginError> {
+            let n = self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(Done(Some(ChannelEvent::Stdout(format!("{n}\n").into_bytes())), Some(ChannelEvent::Exit(0)))))
+        }
+        fn info(&self) -> cultivate_plugin_api::ConnectionInfo {
+            cultivate_plugin_api::ConnectionInfo::default()
+        }
+    }
+
+    #[test]
+    fn stable_requests_run_once_per_session_until_forgotten() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let services = Services::new(Some(Arc::new(Counting(count.clone()))));
+        let version = ExecRequest::new(["docker", "compose", "version", "--short"]).stable_output();
+        assert_eq!(services.run(&version).unwrap().stdout, "0\n");
+        assert_eq!(services.run(&version.clone().timeout_secs(5)).unwrap().stdout, "0\n", "answered from memory");
+        // Requests not marked stable, or another stable one, do run.
+        assert_eq!(services.run(&ExecRequest::new(["docker", "compose", "version", "--short"])).unwrap().stdout, "1\n");
+        assert_eq!(
+            services.run(&ExecRequest::new(["docker-compose", "version"]).stable_output()).unwrap().stdout,
+            "2\n"
+        );
+        assert_eq!(services.run(&version).unwrap().stdout, "0\n");
+        // With stdin, the answer depends on it: never remembered.
+        let with_stdin = version.clone().stdin("x");
+        assert_eq!(services.run(&with_stdin).unwrap().stdout, "3\n");
+        assert_eq!(services.run(&with_stdin).unwrap().stdout, "4\n");
+        services.forget_stable();
+        assert_eq!(services.run(&version).unwrap().stdout, "5\n");
+        assert_eq!(count.load(Ordering::SeqCst), 6);
+    }
 
     fn private(argv: &[&str]) -> bool {
         output_is_private(&ExecRequest::new(argv.iter().copied()))

@@ -187,6 +187,14 @@ pub struct ExecRequest {
     /// from the JSON when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty: Option<TtySize>,
+    /// The output cannot change within one run (a version query such as
+    /// `docker compose version --short`): the host may answer a request equal
+    /// to one it already ran on this connection from that earlier answer,
+    /// without a round trip. Only for commands that change nothing. Absent
+    /// from the JSON when false, so plugins built before it exchange the same
+    /// requests (and an older host simply runs the command).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stable_output: bool,
 }
 
 /// A pseudo-terminal's type and size.
@@ -240,6 +248,12 @@ impl ExecRequest {
     /// Marks the output as private: returned, never logged.
     pub fn private_output(mut self) -> Self {
         self.private_output = true;
+        self
+    }
+
+    /// Marks the output as stable within a run (see [`ExecRequest::stable_output`]).
+    pub fn stable_output(mut self) -> Self {
+        self.stable_output = true;
         self
     }
 
@@ -411,7 +425,10 @@ mod tests {
             r#"{"argv":["docker","inspect","x"],"env":{},"cwd":null,"stdin":null,"timeout_secs":null,"redact":[]}"#;
         let req: ExecRequest = serde_json::from_str(old).unwrap();
         assert!(!req.private_output);
+        assert!(!req.stable_output);
         assert_eq!(serde_json::to_string(&req).unwrap(), old);
+        let stable = serde_json::to_string(&ExecRequest::new(["docker", "version"]).stable_output()).unwrap();
+        assert!(stable.contains(r#""stable_output":true"#), "{stable}");
         let private = serde_json::to_string(&ExecRequest::new(["cat", ".env"]).private_output()).unwrap();
         assert!(private.contains(r#""private_output":true"#), "{private}");
         // An older plugin ignores the field it does not know.

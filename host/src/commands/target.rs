@@ -14,10 +14,15 @@ use crate::settings::{self, Overrides};
 pub fn releases(printer: &Printer, config: Option<&Path>, args: &TargetArgs) -> Result<()> {
     let settings = settings::load(config, &Overrides::from_target(args))?;
     let ctx = pipeline::connect(&settings, printer, false)?;
-    let current = ctx.current_version()?;
+    // What connect read in its one command; read again only if that failed.
+    let state = match ctx.state.clone() {
+        Some(state) => state,
+        None => ctx.read_state()?,
+    };
+    let current = state.current.clone();
     let mut rows = Vec::new();
-    for v in ctx.list_releases()? {
-        let rec = ctx.read_record(&v)?;
+    for v in &state.releases {
+        let rec = state.record(v);
         let status = rec.as_ref().map(|r| match r.status {
             ReleaseStatus::Healthy => "healthy",
             ReleaseStatus::Failed => "failed",
@@ -52,7 +57,11 @@ pub fn releases(printer: &Printer, config: Option<&Path>, args: &TargetArgs) -> 
 pub fn status(printer: &Printer, config: Option<&Path>, args: &TargetArgs) -> Result<()> {
     let settings = settings::load(config, &Overrides::from_target(args))?;
     let ctx = pipeline::connect(&settings, printer, false)?;
-    let Some(current) = ctx.current_version()? else {
+    let state = match ctx.state.clone() {
+        Some(state) => state,
+        None => ctx.read_state()?,
+    };
+    let Some(current) = state.current.clone() else {
         if printer.json() {
             printer.json_value(&serde_json::json!({ "current": null, "services": [] }));
         } else {
@@ -62,8 +71,8 @@ pub fn status(printer: &Printer, config: Option<&Path>, args: &TargetArgs) -> Re
     };
     let mut ctx = ctx;
     // A stack stopped with `cultivate stop` is as meant: nothing to repair.
-    let stopped = ctx.stopped_on_purpose()?;
-    let repaired = if stopped { Vec::new() } else { repair_if_needed(&mut ctx, &current)? };
+    let stopped = state.stopped;
+    let repaired = if stopped { Vec::new() } else { repair_if_needed(&mut ctx, &current, state.record(&current))? };
     let states = ctx.stack_op::<ops::StackPs>(&ctx.stack_ref(&current))?;
     let verdict = pipeline::health::judge(&pipeline::build::SERVICES, &states);
     if printer.json() {
@@ -98,12 +107,16 @@ pub fn status(printer: &Printer, config: Option<&Path>, args: &TargetArgs) -> Re
 /// on a container of a release that never became current) and, when the
 /// lock is free, moves it back to the current release with the same switch
 /// a deploy uses. Returns what was done, one line per service changed.
-fn repair_if_needed(ctx: &mut pipeline::Ctx<'_>, current: &str) -> Result<Vec<String>> {
+fn repair_if_needed(
+    ctx: &mut pipeline::Ctx<'_>,
+    current: &str,
+    record: Option<pipeline::release::ReleaseRecord>,
+) -> Result<Vec<String>> {
     use pipeline::switch;
     if !switch::supported(ctx) {
         return Ok(Vec::new());
     }
-    let Some(record) = ctx.read_record(current)? else { return Ok(Vec::new()) };
+    let Some(record) = record else { return Ok(Vec::new()) };
     let stack = ctx.stack_ref(current);
     let hashes = ctx.stack_op::<ops::StackServiceHashes>(&stack)?;
     let running = ctx.stack_op::<ops::StackPs>(&stack)?;

@@ -303,12 +303,14 @@ pub fn desired_images(
 
 fn deploy_locked(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, String>) -> Result<DeployReport> {
     let settings = ctx.settings;
-    let current = ctx.current_version()?;
-    let current_record = match &current {
-        Some(v) => ctx.read_record(v)?,
-        None => None,
+    // Read in the command that took the lock (one round trip for all of it).
+    let state = match ctx.state.clone() {
+        Some(state) => state,
+        None => ctx.read_state()?,
     };
-    if ctx.list_releases()?.iter().any(|r| r == version) {
+    let current = state.current.clone();
+    let current_record = state.current_record();
+    if state.releases.iter().any(|r| r == version) {
         bail!(crate::error::usage(format!("release {version} already exists on {}", ctx.session.target))
             .hint("pass another --release-version, or leave it out to use the time and commit"));
     }
@@ -888,7 +890,9 @@ fn upload_config(ctx: &Ctx<'_>, version: &str, files: &[ConfigFile]) -> Result<(
 /// tag a kept release still runs (an unchanged image keeps an older tag) stays,
 /// and so do the site directories kept releases serve.
 fn prune(ctx: &mut Ctx<'_>, current: &str, previous: Option<&str>) {
-    let Ok(all) = ctx.list_releases() else { return };
+    // Every release and its record, in one command.
+    let Ok(state) = ctx.read_state() else { return };
+    let all = state.releases.clone();
     let doomed = release::releases_to_prune(&all, Some(current), previous, ctx.settings.releases_kept as usize);
     if doomed.is_empty() {
         return;
@@ -896,8 +900,8 @@ fn prune(ctx: &mut Ctx<'_>, current: &str, previous: Option<&str>) {
     let mut kept_refs = std::collections::BTreeSet::new();
     let mut kept_sites = std::collections::BTreeSet::new();
     for v in all.iter().filter(|v| !doomed.contains(v)) {
-        match ctx.read_record(v) {
-            Ok(Some(r)) => {
+        match state.record(v) {
+            Some(r) => {
                 kept_refs.extend(r.images.values().map(|i| i.reference.clone()));
                 if let Some(site) = &r.site {
                     kept_refs.insert(site.reference.clone());
@@ -911,7 +915,7 @@ fn prune(ctx: &mut Ctx<'_>, current: &str, previous: Option<&str>) {
     }
     for v in doomed {
         let mut refs: Vec<String> = SERVICES.iter().map(|s| build::image_ref(&ctx.settings.project, s, &v)).collect();
-        if let Ok(Some(r)) = ctx.read_record(&v) {
+        if let Some(r) = state.record(&v) {
             refs.extend(r.images.values().map(|i| i.reference.clone()));
         }
         refs.sort();

@@ -18,8 +18,10 @@
 //!    overridden: only `cultivate lock release` removes its lock.
 //!
 //! *The lease.* The record carries `lease_until`; the running process renews
-//! it at each pipeline stage ([`renew`], through `Ctx::renew_lock`) rather
-//! than from a background thread: the session is not `Sync`, and a second
+//! it at each pipeline stage ([`renew`], through `Ctx::renew_lock`) when the
+//! last renewal is at least [`RENEW_AFTER_SECS`] old, in one command that
+//! rewrites the record only while it is still the one this process wrote,
+//! rather than from a background thread: the session is not `Sync`, and a second
 //! connection only to renew would double the SSH setup of every deploy. The
 //! lease is therefore generous ([`LEASE_SECS`], 10 minutes, longer than any
 //! single stage normally takes), and it only ever decides for a holder on
@@ -317,31 +319,45 @@ fn write_owner_cmd(lock: &str, owner: &Owner) -> Result<String> {
 /// Takes the lock of `layout` for `what`; takes over a stale one (warning
 /// through `warn`, then cleaning the old holder's half-made releases); fails
 /// with [`Code::Locked`] naming a live or unknown holder.
-pub fn acquire(session: &Session, layout: &Layout, what: &str, warn: &dyn Fn(&str)) -> Result<()> {
+///
+/// `then`, a read-only script (the deployment's [`super::state`]), runs in
+/// the same command right after the lock is taken; its output is returned
+/// (`None` after a takeover, whose cleaning changes what it read).
+pub fn acquire(
+    session: &Session,
+    layout: &Layout,
+    what: &str,
+    warn: &dyn Fn(&str),
+    then: Option<&str>,
+) -> Result<Option<String>> {
     let lock = layout.lock();
     let owner = Owner::this_process(what, now());
-    let try_mkdir = || -> Result<bool> {
+    let try_mkdir = || -> Result<Option<String>> {
         let out = session.run(&ExecRequest::shell(format!(
             // A lock whose record cannot be written (a full disk) is removed
             // again: an empty lock would look like an unknown holder's.
             "mkdir -p {root}/releases && mkdir -p -m 700 {root}/logs && chmod 700 {root}/logs && \
-             mkdir {l} 2>/dev/null && {{ {write} || {{ rc=$?; rm -rf {l}; exit $rc; }}; }}",
+             mkdir {l} 2>/dev/null && {{ {write} || {{ rc=$?; rm -rf {l}; exit $rc; }}; }}{then}",
             root = q(&layout.root),
             l = q(&lock),
-            write = write_owner_cmd(&lock, &owner)?
+            write = write_owner_cmd(&lock, &owner)?,
+            // The lock is ours from here: whatever the read does, exit 0.
+            then = then.map(|t| format!(" && {{ {{ {t}; }} 2>/dev/null; true; }}")).unwrap_or_default()
         )))?;
         if !out.success() && !out.stderr.trim().is_empty() {
             anyhow::bail!("cannot create {} on {}: {}", layout.root, session.target, out.stderr.trim());
         }
-        Ok(out.success())
+        Ok(out.success().then_some(out.stdout))
     };
-    if try_mkdir()? {
-        return Ok(());
+    if let Some(out) = try_mkdir()? {
+        remember_written(&lock, &owner);
+        return Ok(Some(out));
     }
     let Some(found) = read(session, &lock)? else {
         // Released between the two commands: one more try, as a fresh start.
-        if try_mkdir()? {
-            return Ok(());
+        if let Some(out) = try_mkdir()? {
+            remember_written(&lock, &owner);
+            return Ok(Some(out));
         }
         return Err(locked(session, "another run took it just now"));
     };
@@ -351,9 +367,10 @@ pub fn acquire(session: &Session, layout: &Layout, what: &str, warn: &dyn Fn(&st
     }
     take_over(session, &lock, &found)?;
     warn(&format!("took over the lock of {} — holder {}", found.holder.describe(), state.label()));
-    if !try_mkdir()? {
+    if try_mkdir()?.is_none() {
         return Err(locked(session, "another run took the stale lock over first"));
     }
+    remember_written(&lock, &owner);
     match clean_after_takeover(session, layout) {
         Ok(removed) if !removed.is_empty() => warn(&format!(
             "removed the unfinished release{} {} left by that run",
@@ -363,7 +380,7 @@ pub fn acquire(session: &Session, layout: &Layout, what: &str, warn: &dyn Fn(&st
         Ok(_) => {}
         Err(e) => warn(&format!("could not clean what the old lock holder left: {e:#}")),
     }
-    Ok(())
+    Ok(None)
 }
 
 fn plural(n: usize) -> &'static str {
@@ -401,20 +418,65 @@ fn take_over(session: &Session, lock: &str, found: &Found) -> Result<()> {
     Ok(())
 }
 
+/// A lease renewed less than this long ago is not renewed again: it still
+/// runs for at least `LEASE_SECS - RENEW_AFTER_SECS` (9 minutes), and a run
+/// whose stages follow each other quickly (a deploy with nothing changed)
+/// spends no round trips on its lease.
+pub const RENEW_AFTER_SECS: u64 = 60;
+
+/// What this process last wrote into a lock's `owner` file, and when.
+struct Written {
+    lock: String,
+    json: String,
+    at: std::time::Instant,
+}
+
+static WRITTEN: std::sync::Mutex<Option<Written>> = std::sync::Mutex::new(None);
+
+fn written() -> std::sync::MutexGuard<'static, Option<Written>> {
+    WRITTEN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn remember_written(lock: &str, owner: &Owner) {
+    if let Ok(json) = serde_json::to_string(owner) {
+        *written() = Some(Written { lock: lock.to_string(), json, at: std::time::Instant::now() });
+    }
+}
+
+/// Whether a lease written `age` ago needs renewing now.
+pub fn renewal_due(age: std::time::Duration) -> bool {
+    age.as_secs() >= RENEW_AFTER_SECS
+}
+
 /// Renews this process's lease (rewrites the record with a later
-/// `lease_until`); a no-op when the lock is not ours.
+/// `lease_until`); a no-op when the lock is not ours (its `owner` file is not
+/// what this process last wrote there) and when it was written less than
+/// [`RENEW_AFTER_SECS`] ago. One command: compare and rewrite on the target.
 pub fn renew(session: &Session, layout: &Layout, what: &str) -> Result<()> {
+    let _ = what;
     let lock = layout.lock();
-    let Some(found) = read(session, &lock)? else { return Ok(()) };
-    let Holder::Record(mut o) = found.holder else { return Ok(()) };
-    let me = Owner::this_process(what, now());
-    if o.host != me.host || o.pid != me.pid || o.start_time != me.start_time {
+    let (json, due) = match written().as_ref() {
+        Some(w) if w.lock == lock => (w.json.clone(), renewal_due(w.at.elapsed())),
+        _ => return Ok(()),
+    };
+    if !due {
         return Ok(());
     }
-    o.lease_until = now() + LEASE_SECS;
-    let out = session.run(&ExecRequest::shell(write_owner_cmd(&lock, &o)?))?;
-    if !out.success() {
-        tracing::warn!("could not renew the lock {lock}: {}", out.stderr.trim());
+    let Ok(mut owner) = serde_json::from_str::<Owner>(&json) else { return Ok(()) };
+    owner.lease_until = now() + LEASE_SECS;
+    let out = session.run(&ExecRequest::shell(format!(
+        "[ \"$(cat {l}/owner 2>/dev/null)\" = {old} ] || exit 3; {write}",
+        l = q(&lock),
+        old = q(&json),
+        write = write_owner_cmd(&lock, &owner)?
+    )))?;
+    match out.status {
+        0 => remember_written(&lock, &owner),
+        // Not ours any more (released, or taken over): nothing to renew.
+        3 => {
+            *written() = None;
+        }
+        _ => tracing::warn!("could not renew the lock {lock}: {}", out.stderr.trim()),
     }
     Ok(())
 }
@@ -422,6 +484,9 @@ pub fn renew(session: &Session, layout: &Layout, what: &str) -> Result<()> {
 /// Removes the lock.
 pub fn release(session: &Session, layout: &Layout) {
     let lock = layout.lock();
+    if written().as_ref().is_some_and(|w| w.lock == lock) {
+        *written() = None;
+    }
     if let Err(e) = session.run(&ExecRequest::new(["rm", "-rf", &lock])) {
         tracing::warn!("could not release the lock {lock}: {e}");
     }
@@ -571,6 +636,16 @@ mod tests {
         child.wait().unwrap();
         let rec = Holder::Record(owner(&hostname(), pid, Some(1), now() + 600));
         assert!(liveness(&rec, &hostname(), now(), None, process_facts(pid)).is_stale());
+    }
+
+    #[test]
+    fn a_lease_is_renewed_only_when_a_minute_old_and_still_holds_nine_minutes() {
+        use std::time::Duration;
+        assert!(!renewal_due(Duration::ZERO));
+        assert!(!renewal_due(Duration::from_secs(RENEW_AFTER_SECS - 1)));
+        assert!(renewal_due(Duration::from_secs(RENEW_AFTER_SECS)));
+        // A lease skipped for just under a minute still has most of its time.
+        assert!(LEASE_SECS - RENEW_AFTER_SECS as i64 >= 540);
     }
 
     #[test]

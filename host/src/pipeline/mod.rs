@@ -23,6 +23,7 @@ pub mod oci_archive;
 pub mod progress;
 pub mod release;
 pub mod rollback;
+pub mod state;
 pub mod switch;
 pub mod transfer;
 
@@ -154,6 +155,11 @@ pub struct Ctx<'a> {
     pub log: DeployLog,
     /// Stage timings.
     pub timings: Timings,
+    /// The deployment as last read from the target in one command
+    /// ([`state`]): by `connect` (with the secrets), then by `lock` in the
+    /// command that takes the lock. What the run itself changes afterwards
+    /// is not in it: callers use it for what they read right after.
+    pub state: Option<state::TargetState>,
     /// The image runtime plugin.
     pub images: LoadedPlugin,
     /// The stack runtime plugin.
@@ -210,9 +216,10 @@ impl<'a> Ctx<'a> {
         Ok(out.stdout.trim().rsplit('/').next().map(str::to_string).filter(|v| crate::settings::valid_version(v)))
     }
 
-    /// True when `cultivate stop` stopped the stack (and nothing started it since).
-    pub fn stopped_on_purpose(&self) -> Result<bool> {
-        Ok(self.session.run(&ExecRequest::new(["test", "-e", &self.layout.stopped()]))?.success())
+    /// Reads the deployment's state in one command (see [`state`]).
+    pub fn read_state(&self) -> Result<state::TargetState> {
+        let out = self.session.sh(&state::script(&self.layout, false))?;
+        Ok(state::parse(&out.stdout))
     }
 
     /// Reads a release's record.
@@ -312,7 +319,13 @@ impl<'a> Ctx<'a> {
     /// [`lock`]), or fails naming who holds it.
     pub fn lock(&mut self, what: &str) -> Result<()> {
         let printer = self.printer;
-        lock::acquire(&self.session, &self.layout, what, &|w| printer.warn(w))?;
+        let read = state::script(&self.layout, false);
+        let out = lock::acquire(&self.session, &self.layout, what, &|w| printer.warn(w), Some(&read))?;
+        self.state = match out {
+            Some(out) => Some(state::parse(&out)),
+            // A takeover cleaned up in between: read again.
+            None => self.read_state().ok(),
+        };
         self.log.record("INFO", &format!("took the lock {} for {what}", self.layout.lock()));
         // A signal that came while the lock was being taken: give it back
         // here, since a caller does not unlock after `lock` failed.
@@ -480,7 +493,7 @@ pub fn connect<'a>(settings: &'a Settings, printer: &'a Printer, install_deps: b
         }
     }
     let layout = Layout::new(&deploy_path(settings, &session)?);
-    crate::secrets::register_from_target(&session, &layout);
+    let state = crate::secrets::register_from_target(&session, &layout);
     Ok(Ctx {
         settings,
         printer,
@@ -491,6 +504,7 @@ pub fn connect<'a>(settings: &'a Settings, printer: &'a Printer, install_deps: b
         layout,
         log,
         timings,
+        state,
     })
 }
 
@@ -632,6 +646,8 @@ fn install_dependencies(registry: &Registry, session: &Session, printer: &Printe
         let report = plugin.call::<ops::Install>(&host, &req).with_context(|| {
             UserError::new(Code::RuntimeMissing, format!("installing {name} on {} failed", session.target))
         })?;
+        // What was learned before the install (versions, a missing compose) is stale now.
+        session.forget_stable();
         for step in &report.steps {
             printer.detail(step);
             log.record("INFO", step);

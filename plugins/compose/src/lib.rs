@@ -3,9 +3,10 @@
 //!
 //! Flavour: v2 is preferred. The plugin keeps no state between calls (one
 //! instance may serve several targets over time), so every stack operation
-//! first detects the flavour on the target with one cheap command
-//! (`docker compose version --short`, falling back to `docker-compose version
-//! --short`). See `docs/runtimes.md`.
+//! first detects the flavour (`docker compose version --short`, falling back
+//! to `docker-compose version --short`). Those queries are marked
+//! `stable_output`: the host answers them from the run's first answer, so the
+//! target is asked once per run, not once per operation. See `docs/runtimes.md`.
 
 use cultivate_plugin_api::ops::{self, InstallInstructions, InstallReport, Operation};
 use cultivate_plugin_api::{
@@ -182,8 +183,11 @@ pub fn parse_compose_version(stdout: &str) -> Option<String> {
     })
 }
 
+/// Runs a version query. Marked stable: a host that remembers such answers
+/// (API 1.1 and later) asks the target once per run, however many stack
+/// operations detect the flavour; an older host runs it every time.
 fn run_quiet(host: &Host, argv: &[&str]) -> Result<Option<ExecOutput>, PluginError> {
-    match host.run(argv) {
+    match host.exec(&ExecRequest::new(argv.iter().copied()).stable_output()) {
         Ok(out) => Ok(Some(out)),
         // a transport that spawns directly reports a missing program as an I/O error
         Err(e) if e.kind == ErrorKind::Io => Ok(None),

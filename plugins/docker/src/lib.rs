@@ -174,7 +174,8 @@ fn is_command_missing(status: i32, stderr: &str) -> bool {
 /// Probes the Docker engine: available only when the daemon answers with a
 /// version of at least [`MIN_DOCKER`].
 pub fn probe_docker(host: &Host) -> Result<Probe, PluginError> {
-    let res = match host.run(&["docker", "version", "--format", "{{json .}}"]) {
+    // Both queries are marked stable: a host that remembers such answers asks once per run.
+    let res = match host.exec(&ExecRequest::new(["docker", "version", "--format", "{{json .}}"]).stable_output()) {
         Ok(res) => res,
         Err(e) if e.kind == ErrorKind::Io => {
             return Ok(Probe::unavailable(format!("docker not found on the target: {}", e.message)))
@@ -210,7 +211,7 @@ pub fn probe_docker(host: &Host) -> Result<Probe, PluginError> {
         probe = probe.with_detail("api_version", a);
     }
     probe = probe.with_detail("binary", "docker");
-    let info = host.run(&["docker", "info", "--format", "{{json .}}"])?;
+    let info = host.exec(&ExecRequest::new(["docker", "info", "--format", "{{json .}}"]).stable_output())?;
     match parse_info(&info.stdout) {
         Some(s) if info.success() || !s.driver.is_empty() => {
             probe = probe.with_detail("storage_driver", s.driver).with_detail("image_store", s.image_store);

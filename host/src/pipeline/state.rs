@@ -1,0 +1,235 @@
+//! What the pipeline reads of a deployment on the target, in one command.
+//!
+//! `current`, the `stopped` marker, and every release's `release.json` (and,
+//! when asked, its `.env`, for [`crate::secrets`]) come back from one shell
+//! script ([`script`]) instead of a `readlink`, a `test`, an `ls` and a `cat`
+//! per release: every command is an SSH session on the target (and, there, a
+//! start of the user's shell with its rc files), so the number of commands is
+//! what a quick run costs. The output is a sequence of sections, each opened
+//! by a marker line ([`parse`]):
+//!
+//! ```text
+//! @@cultivate-current releases/V      (what `current` links to; empty when none)
+//! @@cultivate-stopped yes|no
+//! @@cultivate-release V               then V's release.json (nothing when missing)
+//! @@cultivate-env V                   then V's .env (only with secrets)
+//! ```
+//!
+//! `connect` reads it with the `.env`s (private output, never logged) to
+//! register the releases' secrets, and keeps the rest as the state a
+//! read-only command (`status`, `releases`) needs; a deploy or rollback reads
+//! it again, without the `.env`s, in the same command that takes the lock,
+//! so what it decides on is what the target has while it holds the lock.
+
+use std::collections::BTreeMap;
+
+use cultivate_plugin_api::shell::quote as q;
+
+use super::release::{self, Layout, ReleaseRecord};
+
+/// Marker of `current`'s link text.
+pub const CURRENT_MARK: &str = "@@cultivate-current ";
+/// Marker of the stop marker's presence.
+pub const STOPPED_MARK: &str = "@@cultivate-stopped ";
+/// Marker of a release's record (shared with [`crate::secrets`]).
+pub const RELEASE_MARK: &str = "@@cultivate-release ";
+/// Marker of a release's `.env` (shared with [`crate::secrets`]).
+pub const ENV_MARK: &str = "@@cultivate-env ";
+
+/// A deployment as read from the target.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetState {
+    /// The release `current` points at, when it names a valid version.
+    pub current: Option<String>,
+    /// `cultivate stop` left its marker.
+    pub stopped: bool,
+    /// Release directories, oldest first (as [`release::parse_release_list`]).
+    pub releases: Vec<String>,
+    /// Each release's `release.json` as read (missing ones left out).
+    pub records: BTreeMap<String, String>,
+}
+
+impl TargetState {
+    /// A release's record, when it exists and parses.
+    pub fn record(&self, version: &str) -> Option<ReleaseRecord> {
+        self.records.get(version).and_then(|t| serde_json::from_str(t).ok())
+    }
+
+    /// The current release's record.
+    pub fn current_record(&self) -> Option<ReleaseRecord> {
+        self.current.as_deref().and_then(|v| self.record(v))
+    }
+}
+
+/// The script that prints the state of `layout` (see the module's doc);
+/// with `envs`, each release's `.env` too (its output is then private). It
+/// always exits 0, and changes nothing.
+pub fn script(layout: &Layout, envs: bool) -> String {
+    let env_part =
+        if envs { format!("printf '\\n{ENV_MARK}%s\\n' \"$v\"; cat \"$v/.env\" 2>/dev/null; ") } else { String::new() };
+    format!(
+        "printf '{CURRENT_MARK}%s\\n' \"$(readlink {current} 2>/dev/null)\"; \
+         if [ -e {stopped} ]; then printf '{STOPPED_MARK}yes\\n'; else printf '{STOPPED_MARK}no\\n'; fi; \
+         cd {releases} 2>/dev/null && for d in */; do [ -d \"$d\" ] || continue; v=${{d%/}}; \
+         printf '\\n{RELEASE_MARK}%s\\n' \"$v\"; cat \"$v/release.json\" 2>/dev/null; {env_part}done; true",
+        current = q(&layout.current()),
+        stopped = q(&layout.stopped()),
+        releases = q(&layout.releases()),
+    )
+}
+
+/// Parses the output of [`script`]. Never fails: what it cannot read is
+/// left out (a release without a readable record has none).
+pub fn parse(out: &str) -> TargetState {
+    let mut state = TargetState::default();
+    let mut listed: Vec<String> = Vec::new();
+    // The section being read: a release's record, or nothing.
+    let mut section: Option<(String, String)> = None;
+    let close = |section: &mut Option<(String, String)>, records: &mut BTreeMap<String, String>| {
+        if let Some((v, text)) = section.take() {
+            let text = text.trim();
+            if !text.is_empty() {
+                records.insert(v, text.to_string());
+            }
+        }
+    };
+    for line in out.split('\n') {
+        if let Some(link) = line.strip_prefix(CURRENT_MARK) {
+            close(&mut section, &mut state.records);
+            state.current = link
+                .trim()
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .filter(|v| crate::settings::valid_version(v))
+                .map(str::to_string);
+        } else if let Some(flag) = line.strip_prefix(STOPPED_MARK) {
+            close(&mut section, &mut state.records);
+            state.stopped = flag.trim() == "yes";
+        } else if let Some(v) = line.strip_prefix(RELEASE_MARK) {
+            close(&mut section, &mut state.records);
+            listed.push(v.to_string());
+            section = Some((v.to_string(), String::new()));
+        } else if line.starts_with(ENV_MARK) {
+            // A `.env` is never part of the state (secrets read it).
+            close(&mut section, &mut state.records);
+        } else if let Some((_, text)) = section.as_mut() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    close(&mut section, &mut state.records);
+    state.releases = release::parse_release_list(&listed.join("\n"));
+    state.records.retain(|v, _| state.releases.contains(v));
+    state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn record(version: &str, status: &str) -> String {
+        format!(
+            "{{\n  \"version\": \"{version}\",\n  \"created_at\": \"t\",\n  \"images\": {{}},\n  \"files\": {{}},\n  \
+             \"fingerprint\": \"f\",\n  \"status\": \"{status}\"\n}}"
+        )
+    }
+
+    #[test]
+    fn sections_give_current_stopped_releases_and_records() {
+        let out = format!(
+            "{CURRENT_MARK}releases/v2\n{STOPPED_MARK}no\n\n{RELEASE_MARK}v2\n{}\n{ENV_MARK}v2\nA=secret\n\
+             \n{RELEASE_MARK}v1\n{}\n{ENV_MARK}v1\n\n{RELEASE_MARK}v3\n\n{RELEASE_MARK}not a version\n{}",
+            record("v2", "healthy"),
+            record("v1", "failed"),
+            record("x", "healthy")
+        );
+        let s = parse(&out);
+        assert_eq!(s.current.as_deref(), Some("v2"));
+        assert!(!s.stopped);
+        assert_eq!(s.releases, ["v1", "v2", "v3"]);
+        assert_eq!(s.current_record().unwrap().version, "v2");
+        assert_eq!(s.record("v1").unwrap().status, release::ReleaseStatus::Failed);
+        assert!(s.record("v3").is_none(), "a release without a record");
+        assert!(!s.records.values().any(|r| r.contains("secret")), "a .env is never kept");
+    }
+
+    #[test]
+    fn nothing_deployed_and_a_stopped_stack() {
+        let s = parse(&format!("{CURRENT_MARK}\n{STOPPED_MARK}no\n"));
+        assert_eq!(s, TargetState::default());
+        let s = parse(&format!("{CURRENT_MARK}releases/v1/\n{STOPPED_MARK}yes\n{RELEASE_MARK}v1\n{{not json"));
+        assert_eq!(s.current.as_deref(), Some("v1"));
+        assert!(s.stopped);
+        assert_eq!(s.releases, ["v1"]);
+        assert!(s.record("v1").is_none(), "an unreadable record");
+        // A `current` naming something that is no version is no current release.
+        assert_eq!(parse(&format!("{CURRENT_MARK}/etc/passwd\n")).current, None);
+    }
+
+    /// The script, run by a real shell, reads a directory as [`parse`] expects.
+    #[test]
+    fn the_script_reads_a_deploy_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path().to_str().unwrap());
+        let out = std::process::Command::new("sh").arg("-c").arg(script(&layout, false)).output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(parse(&String::from_utf8_lossy(&out.stdout)), TargetState::default(), "nothing there yet");
+        for (v, status) in [("v1", "healthy"), ("v2", "pending")] {
+            std::fs::create_dir_all(dir.path().join("releases").join(v)).unwrap();
+            std::fs::write(dir.path().join("releases").join(v).join("release.json"), record(v, status)).unwrap();
+            std::fs::write(dir.path().join("releases").join(v).join(".env"), "S=hidden\n").unwrap();
+        }
+        std::os::unix::fs::symlink("releases/v1", dir.path().join("current")).unwrap();
+        std::fs::write(dir.path().join("stopped"), "v1").unwrap();
+        for envs in [false, true] {
+            let out = std::process::Command::new("sh").arg("-c").arg(script(&layout, envs)).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(text.contains("S=hidden"), envs);
+            let s = parse(&text);
+            assert_eq!(s.current.as_deref(), Some("v1"));
+            assert!(s.stopped);
+            assert_eq!(s.releases, ["v1", "v2"]);
+            assert_eq!(s.record("v2").unwrap().status, release::ReleaseStatus::Pending);
+        }
+    }
+
+    proptest! {
+        /// Whatever the target prints, parsing never panics, and only valid
+        /// versions become releases or `current`.
+        #[test]
+        fn parsing_never_panics(lines in proptest::collection::vec(
+            prop_oneof![
+                "\\PC{0,40}",
+                "[a-z0-9./-]{0,20}".prop_map(|v| format!("{CURRENT_MARK}{v}")),
+                "[a-z0-9./ -]{0,20}".prop_map(|v| format!("{RELEASE_MARK}{v}")),
+                "[a-z0-9./ -]{0,20}".prop_map(|v| format!("{ENV_MARK}{v}")),
+                "(yes|no|\\PC{0,5})".prop_map(|v| format!("{STOPPED_MARK}{v}")),
+            ],
+            0..20,
+        )) {
+            let s = parse(&lines.join("\n"));
+            for v in s.releases.iter().chain(s.current.iter()) {
+                prop_assert!(crate::settings::valid_version(v), "{v}");
+            }
+            for v in s.records.keys() {
+                prop_assert!(s.releases.contains(v));
+            }
+        }
+
+        /// Records survive the round trip whatever their position.
+        #[test]
+        fn records_round_trip(versions in proptest::collection::btree_set("[0-9]{8}-[0-9]{6}", 0..5)) {
+            let mut out = format!("{CURRENT_MARK}\n{STOPPED_MARK}no\n");
+            for v in &versions {
+                out.push_str(&format!("\n{RELEASE_MARK}{v}\n{}\n{ENV_MARK}{v}\nK=v\n", record(v, "healthy")));
+            }
+            let s = parse(&out);
+            prop_assert_eq!(s.releases.len(), versions.len());
+            for v in &versions {
+                prop_assert_eq!(s.record(v).map(|r| r.version), Some(v.clone()));
+            }
+        }
+    }
+}
