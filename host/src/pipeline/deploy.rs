@@ -566,32 +566,49 @@ fn build_images(ctx: &mut Ctx<'_>, version: &str) -> Result<Vec<BuiltImage>> {
             }
             let sink = move |line: &str| printer.detail(line);
             let progress = BuildProgress::new(ctx.printer.bars(), &SERVICES, Box::new(sink));
+            let progress = &progress;
+            let (context, builder) = (&context, &builder);
+            // One service's build, from its start line to its summary line.
+            let build_one = |service: &'static str| async move {
+                let reference = build::image_ref(&s.project, service, version);
+                progress.start(service, &reference);
+                let began = std::time::Instant::now();
+                let mut step = |line: &str| {
+                    if line.starts_with("Step ") {
+                        tracing::info!("{service}: {line}");
+                    }
+                    progress.line(service, line);
+                };
+                let image = match builder {
+                    LocalBuilder::Engine(docker) => {
+                        build::build_local(docker, context, service, &reference, &s.base_image, &s.app, &mut step)
+                            .await?
+                    }
+                    LocalBuilder::Finch(finch) => {
+                        finch.build(context, service, &reference, &s.base_image, &s.app, &mut step)?
+                    }
+                };
+                progress.finish(service, &format!("{} ({:.1}s)", image_summary(&image), began.elapsed().as_secs_f64()));
+                Ok::<_, anyhow::Error>(image)
+            };
             let built = rt.block_on(async {
-                let mut out = Vec::new();
-                for service in SERVICES {
-                    let reference = build::image_ref(&s.project, service, version);
-                    progress.start(service, &reference);
-                    let began = std::time::Instant::now();
-                    let mut step = |line: &str| {
-                        if line.starts_with("Step ") {
-                            tracing::info!("{service}: {line}");
+                match builder {
+                    // The engine builds the three images at once: they share
+                    // nothing but the base image, and a cached build is mostly
+                    // waiting on the daemon (issue 13, item 4).
+                    LocalBuilder::Engine(_) => futures_util::future::join_all(SERVICES.iter().map(|s| build_one(s)))
+                        .await
+                        .into_iter()
+                        .collect(),
+                    // Finch's CLI builds block: one after another.
+                    LocalBuilder::Finch(_) => {
+                        let mut out = Vec::new();
+                        for service in SERVICES {
+                            out.push(build_one(service).await?);
                         }
-                        progress.line(service, line);
-                    };
-                    let image = match &builder {
-                        LocalBuilder::Engine(docker) => {
-                            build::build_local(docker, &context, service, &reference, &s.base_image, &s.app, &mut step)
-                                .await?
-                        }
-                        LocalBuilder::Finch(finch) => {
-                            finch.build(&context, service, &reference, &s.base_image, &s.app, &mut step)?
-                        }
-                    };
-                    progress
-                        .finish(service, &format!("{} ({:.1}s)", image_summary(&image), began.elapsed().as_secs_f64()));
-                    out.push(image);
+                        Ok(out)
+                    }
                 }
-                Ok::<_, anyhow::Error>(out)
             });
             if built.is_err() {
                 progress.abandon();

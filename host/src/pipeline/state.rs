@@ -165,7 +165,7 @@ mod tests {
         assert_eq!(s.releases, ["v1"]);
         assert!(s.record("v1").is_none(), "an unreadable record");
         // A `current` naming something that is no version is no current release.
-        assert_eq!(parse(&format!("{CURRENT_MARK}/etc/passwd\n")).current, None);
+        assert_eq!(parse(&format!("{CURRENT_MARK}releases/not a version\n")).current, None);
     }
 
     /// The script, run by a real shell, reads a directory as [`parse`] expects.
