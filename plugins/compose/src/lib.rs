@@ -183,9 +183,9 @@ pub fn parse_compose_version(stdout: &str) -> Option<String> {
     })
 }
 
-/// Runs a version query. Marked stable: a host that remembers such answers
-/// (API 1.1 and later) asks the target once per run, however many stack
-/// operations detect the flavour; an older host runs it every time.
+/// Runs a version query. Marked `stable_output`: a host that remembers such
+/// answers asks the target once per run, however many stack operations
+/// detect the flavour; a host from before the field runs it every time.
 fn run_quiet(host: &Host, argv: &[&str]) -> Result<Option<ExecOutput>, PluginError> {
     match host.exec(&ExecRequest::new(argv.iter().copied()).stable_output()) {
         Ok(out) => Ok(Some(out)),
