@@ -137,6 +137,9 @@ pub struct Services {
     /// what a plugin learned once in this run (the compose flavour, versions)
     /// is not asked of the target again. See [`stable_key`].
     stable: Mutex<HashMap<String, ExecOutput>>,
+    /// Off while software is being installed on the target: an install
+    /// probes before and after, and the answers change in between.
+    remember: std::sync::atomic::AtomicBool,
 }
 
 /// The memo key of a request whose output is stable within a run: `None`
@@ -153,7 +156,7 @@ pub fn stable_key(req: &ExecRequest) -> Option<String> {
 
 impl Services {
     fn new(conn: Option<Arc<dyn Connection>>) -> Services {
-        Services { conn, stable: Mutex::new(HashMap::new()) }
+        Services { conn, stable: Mutex::new(HashMap::new()), remember: std::sync::atomic::AtomicBool::new(true) }
     }
 
     fn memo(&self) -> std::sync::MutexGuard<'_, HashMap<String, ExecOutput>> {
@@ -168,7 +171,7 @@ impl Services {
     /// Runs a command with its output streamed to the verbose log; a request
     /// marked stable that already ran in this session is answered from memory.
     pub fn run(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
-        let key = stable_key(req);
+        let key = stable_key(req).filter(|_| self.remember.load(std::sync::atomic::Ordering::SeqCst));
         if let Some(out) = key.as_ref().and_then(|k| self.memo().get(k).cloned()) {
             tracing::debug!(
                 target: "cultivate::cmd",
@@ -294,9 +297,16 @@ impl Session {
         self.services.run(req)
     }
 
-    /// Forgets what stable requests answered (after installing software).
-    pub fn forget_stable(&self) {
-        self.services.forget_stable()
+    /// Runs `f` (an install on the target) with stable answers forgotten
+    /// before and after, and none remembered or given while it runs.
+    pub fn without_stable_answers<T>(&self, f: impl FnOnce() -> T) -> T {
+        use std::sync::atomic::Ordering;
+        self.services.forget_stable();
+        self.services.remember.store(false, Ordering::SeqCst);
+        let out = f();
+        self.services.remember.store(true, Ordering::SeqCst);
+        self.services.forget_stable();
+        out
     }
 
     /// Runs a command and fails unless it exits 0.
@@ -480,7 +490,13 @@ mod tests {
         assert_eq!(services.run(&with_stdin).unwrap().stdout, "4\n");
         services.forget_stable();
         assert_eq!(services.run(&version).unwrap().stdout, "5\n");
-        assert_eq!(count.load(Ordering::SeqCst), 6);
+        // While remembering is off (an install), every request runs.
+        services.remember.store(false, Ordering::SeqCst);
+        assert_eq!(services.run(&version).unwrap().stdout, "6\n");
+        assert_eq!(services.run(&version).unwrap().stdout, "7\n");
+        services.remember.store(true, Ordering::SeqCst);
+        assert_eq!(services.run(&version).unwrap().stdout, "5\n", "what was remembered before");
+        assert_eq!(count.load(Ordering::SeqCst), 8);
     }
 
     fn private(argv: &[&str]) -> bool {

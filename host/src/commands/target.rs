@@ -72,8 +72,12 @@ pub fn status(printer: &Printer, config: Option<&Path>, args: &TargetArgs) -> Re
     let mut ctx = ctx;
     // A stack stopped with `cultivate stop` is as meant: nothing to repair.
     let stopped = state.stopped;
-    let repaired = if stopped { Vec::new() } else { repair_if_needed(&mut ctx, &current, state.record(&current))? };
-    let states = ctx.stack_op::<ops::StackPs>(&ctx.stack_ref(&current))?;
+    let (repaired, seen) = if stopped { (Vec::new(), None) } else { repair_if_needed(&mut ctx, &current, &state)? };
+    // The states the check just read, unless a repair changed them since.
+    let states = match seen {
+        Some(states) => states,
+        None => ctx.stack_op::<ops::StackPs>(&ctx.stack_ref(&current))?,
+    };
     let verdict = pipeline::health::judge(&pipeline::build::SERVICES, &states);
     if printer.json() {
         printer.json_value(&serde_json::json!({
@@ -106,25 +110,27 @@ pub fn status(printer: &Printer, config: Option<&Path>, args: &TargetArgs) -> Re
 /// rollback interrupted in the middle of its switch: two backends, the edge
 /// on a container of a release that never became current) and, when the
 /// lock is free, moves it back to the current release with the same switch
-/// a deploy uses. Returns what was done, one line per service changed.
+/// a deploy uses. Returns what was done, one line per service changed, and
+/// the container states it read when it changed nothing (`status` shows them).
 fn repair_if_needed(
     ctx: &mut pipeline::Ctx<'_>,
     current: &str,
-    record: Option<pipeline::release::ReleaseRecord>,
-) -> Result<Vec<String>> {
+    state: &pipeline::state::TargetState,
+) -> Result<(Vec<String>, Option<Vec<ops::ServiceState>>)> {
     use pipeline::switch;
     if !switch::supported(ctx) {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
-    let Some(record) = record else { return Ok(Vec::new()) };
+    let Some(record) = state.record(current) else { return Ok((Vec::new(), None)) };
     let stack = ctx.stack_ref(current);
     let hashes = ctx.stack_op::<ops::StackServiceHashes>(&stack)?;
     let running = ctx.stack_op::<ops::StackPs>(&stack)?;
-    let edge = switch::read_edge(ctx)?;
+    // Read with the rest of the state by `connect`.
+    let edge = state.edge();
     let plan = switch::plan(&record, &hashes, &running, &edge);
     let off: Vec<String> = plan.iter().filter(|p| p.action != switch::Action::Unchanged).map(|p| p.line()).collect();
     if off.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Some(running)));
     }
     ctx.warn(&format!(
         "the running stack is not release {current}'s (an interrupted deploy or rollback?): {}",
@@ -132,14 +138,14 @@ fn repair_if_needed(
     ));
     if let Err(e) = ctx.lock("repair of an interrupted switch") {
         ctx.warn(&format!("not repairing now: {e:#}"));
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     ctx.status(&format!("repairing: moving the stack back to release {current}"));
     let result = switch::converge(ctx, current, &record, true, false, None);
     ctx.unlock();
     result.with_context(|| format!("repairing the stack to release {current} failed"))?;
     ctx.printer.success(&format!("repaired: release {current} runs as recorded"));
-    Ok(off)
+    Ok((off, None))
 }
 
 /// `cultivate logs [SERVICE]`.

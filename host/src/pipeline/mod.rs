@@ -643,11 +643,12 @@ fn install_dependencies(registry: &Registry, session: &Session, printer: &Printe
             continue;
         }
         printer.status(&format!("installing {name} on {}", session.target));
-        let report = plugin.call::<ops::Install>(&host, &req).with_context(|| {
-            UserError::new(Code::RuntimeMissing, format!("installing {name} on {} failed", session.target))
-        })?;
-        // What was learned before the install (versions, a missing compose) is stale now.
-        session.forget_stable();
+        // What was learned before the install (versions, a missing compose)
+        // is stale after it, and the install's own probes must see the target.
+        let report =
+            session.without_stable_answers(|| plugin.call::<ops::Install>(&host, &req)).with_context(|| {
+                UserError::new(Code::RuntimeMissing, format!("installing {name} on {} failed", session.target))
+            })?;
         for step in &report.steps {
             printer.detail(step);
             log.record("INFO", step);

@@ -11,6 +11,7 @@
 //! ```text
 //! @@cultivate-current releases/V      (what `current` links to; empty when none)
 //! @@cultivate-stopped yes|no
+//! @@cultivate-edge                    then edge/backend's first line, an empty line, edge/site's link
 //! @@cultivate-release V               then V's release.json (nothing when missing)
 //! @@cultivate-env V                   then V's .env (only with secrets)
 //! ```
@@ -31,6 +32,8 @@ use super::release::{self, Layout, ReleaseRecord};
 pub const CURRENT_MARK: &str = "@@cultivate-current ";
 /// Marker of the stop marker's presence.
 pub const STOPPED_MARK: &str = "@@cultivate-stopped ";
+/// Marker of the edge directory's state (the text [`super::switch::parse_edge`] reads).
+pub const EDGE_MARK: &str = "@@cultivate-edge";
 /// Marker of a release's record (shared with [`crate::secrets`]).
 pub const RELEASE_MARK: &str = "@@cultivate-release ";
 /// Marker of a release's `.env` (shared with [`crate::secrets`]).
@@ -47,12 +50,19 @@ pub struct TargetState {
     pub releases: Vec<String>,
     /// Each release's `release.json` as read (missing ones left out).
     pub records: BTreeMap<String, String>,
+    /// The edge directory as `switch::read_edge` reads it.
+    pub edge: String,
 }
 
 impl TargetState {
     /// A release's record, when it exists and parses.
     pub fn record(&self, version: &str) -> Option<ReleaseRecord> {
         self.records.get(version).and_then(|t| serde_json::from_str(t).ok())
+    }
+
+    /// The edge: which backend gets traffic, which site is served.
+    pub fn edge(&self) -> super::switch::EdgeState {
+        super::switch::parse_edge(&self.edge)
     }
 
     /// The current release's record.
@@ -70,10 +80,12 @@ pub fn script(layout: &Layout, envs: bool) -> String {
     format!(
         "printf '{CURRENT_MARK}%s\\n' \"$(readlink {current} 2>/dev/null)\"; \
          if [ -e {stopped} ]; then printf '{STOPPED_MARK}yes\\n'; else printf '{STOPPED_MARK}no\\n'; fi; \
+         printf '{EDGE_MARK}\\n'; cat {edge}/backend 2>/dev/null | head -n 1; echo; readlink {edge}/site 2>/dev/null; \
          cd {releases} 2>/dev/null && for d in */; do [ -d \"$d\" ] || continue; v=${{d%/}}; \
          printf '\\n{RELEASE_MARK}%s\\n' \"$v\"; cat \"$v/release.json\" 2>/dev/null; {env_part}done; true",
         current = q(&layout.current()),
         stopped = q(&layout.stopped()),
+        edge = q(&layout.edge()),
         releases = q(&layout.releases()),
     )
 }
@@ -85,6 +97,7 @@ pub fn parse(out: &str) -> TargetState {
     let mut listed: Vec<String> = Vec::new();
     // The section being read: a release's record, or nothing.
     let mut section: Option<(String, String)> = None;
+    let mut in_edge = false;
     let close = |section: &mut Option<(String, String)>, records: &mut BTreeMap<String, String>| {
         if let Some((v, text)) = section.take() {
             let text = text.trim();
@@ -94,6 +107,9 @@ pub fn parse(out: &str) -> TargetState {
         }
     };
     for line in out.split('\n') {
+        if line.starts_with("@@cultivate-") {
+            in_edge = false;
+        }
         if let Some(link) = line.strip_prefix(CURRENT_MARK) {
             close(&mut section, &mut state.records);
             state.current = link
@@ -110,6 +126,12 @@ pub fn parse(out: &str) -> TargetState {
             close(&mut section, &mut state.records);
             listed.push(v.to_string());
             section = Some((v.to_string(), String::new()));
+        } else if line == EDGE_MARK {
+            close(&mut section, &mut state.records);
+            in_edge = true;
+        } else if in_edge {
+            state.edge.push_str(line);
+            state.edge.push('\n');
         } else if line.starts_with(ENV_MARK) {
             // A `.env` is never part of the state (secrets read it).
             close(&mut section, &mut state.records);
@@ -139,7 +161,7 @@ mod tests {
     #[test]
     fn sections_give_current_stopped_releases_and_records() {
         let out = format!(
-            "{CURRENT_MARK}releases/v2\n{STOPPED_MARK}no\n\n{RELEASE_MARK}v2\n{}\n{ENV_MARK}v2\nA=secret\n\
+            "{CURRENT_MARK}releases/v2\n{STOPPED_MARK}no\n{EDGE_MARK}\nproject-backend-1:3000\n\nsites/abc\n\n{RELEASE_MARK}v2\n{}\n{ENV_MARK}v2\nA=secret\n\
              \n{RELEASE_MARK}v1\n{}\n{ENV_MARK}v1\n\n{RELEASE_MARK}v3\n\n{RELEASE_MARK}not a version\n{}",
             record("v2", "healthy"),
             record("v1", "failed"),
@@ -153,12 +175,15 @@ mod tests {
         assert_eq!(s.record("v1").unwrap().status, release::ReleaseStatus::Failed);
         assert!(s.record("v3").is_none(), "a release without a record");
         assert!(!s.records.values().any(|r| r.contains("secret")), "a .env is never kept");
+        assert_eq!(s.edge().backend.as_deref(), Some("project-backend-1"));
+        assert_eq!(s.edge().site.as_deref(), Some("abc"));
     }
 
     #[test]
     fn nothing_deployed_and_a_stopped_stack() {
-        let s = parse(&format!("{CURRENT_MARK}\n{STOPPED_MARK}no\n"));
-        assert_eq!(s, TargetState::default());
+        let s = parse(&format!("{CURRENT_MARK}\n{STOPPED_MARK}no\n{EDGE_MARK}\n\n"));
+        assert_eq!(s.edge(), Default::default());
+        assert_eq!(TargetState { edge: String::new(), ..s }, TargetState::default());
         let s = parse(&format!("{CURRENT_MARK}releases/v1/\n{STOPPED_MARK}yes\n{RELEASE_MARK}v1\n{{not json"));
         assert_eq!(s.current.as_deref(), Some("v1"));
         assert!(s.stopped);
@@ -175,7 +200,9 @@ mod tests {
         let layout = Layout::new(dir.path().to_str().unwrap());
         let out = std::process::Command::new("sh").arg("-c").arg(script(&layout, false)).output().unwrap();
         assert!(out.status.success());
-        assert_eq!(parse(&String::from_utf8_lossy(&out.stdout)), TargetState::default(), "nothing there yet");
+        let empty = parse(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(TargetState { edge: String::new(), ..empty.clone() }, TargetState::default(), "nothing there yet");
+        assert_eq!(empty.edge(), Default::default());
         for (v, status) in [("v1", "healthy"), ("v2", "pending")] {
             std::fs::create_dir_all(dir.path().join("releases").join(v)).unwrap();
             std::fs::write(dir.path().join("releases").join(v).join("release.json"), record(v, status)).unwrap();
@@ -183,6 +210,9 @@ mod tests {
         }
         std::os::unix::fs::symlink("releases/v1", dir.path().join("current")).unwrap();
         std::fs::write(dir.path().join("stopped"), "v1").unwrap();
+        std::fs::create_dir_all(dir.path().join("edge")).unwrap();
+        std::fs::write(dir.path().join("edge/backend"), "p-backend-2:3000\n").unwrap();
+        std::os::unix::fs::symlink("sites/0123", dir.path().join("edge/site")).unwrap();
         for envs in [false, true] {
             let out = std::process::Command::new("sh").arg("-c").arg(script(&layout, envs)).output().unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
@@ -192,6 +222,8 @@ mod tests {
             assert!(s.stopped);
             assert_eq!(s.releases, ["v1", "v2"]);
             assert_eq!(s.record("v2").unwrap().status, release::ReleaseStatus::Pending);
+            assert_eq!(s.edge().backend.as_deref(), Some("p-backend-2"));
+            assert_eq!(s.edge().site.as_deref(), Some("0123"));
         }
     }
 
@@ -206,6 +238,7 @@ mod tests {
                 "[a-z0-9./ -]{0,20}".prop_map(|v| format!("{RELEASE_MARK}{v}")),
                 "[a-z0-9./ -]{0,20}".prop_map(|v| format!("{ENV_MARK}{v}")),
                 "(yes|no|\\PC{0,5})".prop_map(|v| format!("{STOPPED_MARK}{v}")),
+                Just(EDGE_MARK.to_string()),
             ],
             0..20,
         )) {
