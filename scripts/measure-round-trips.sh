@@ -24,7 +24,7 @@ run() { # what args... -> "seconds commands"
 }
 for what in deploy status releases; do
   ts=(); ns=()
-  for i in $(seq 1 "$RUNS"); do
+  for _ in $(seq 1 "$RUNS"); do
     case $what in
       deploy) read -r t n < <(run deploy --release-version "m$(date +%s%N)") ;;
       *) read -r t n < <(run "$what") ;;
