@@ -21,11 +21,6 @@ fn ps_json_of_compose_2_26() {
 }
 /// The same of Compose 2.10 (one JSON array).
 const PS_V2_10: &str = include_str!("../tests/fixtures/compose-v2.10-ps.json");
-const V1_IDS: &str = "df359956ac2de0f11ad316a2d04680835446a39bbe984454a2c1b578b93a8b72
-10a57800911f2bd1ad9a0f2b4103610ad13e657bef089e52359bee673d1990e1
-5189bd90c4e7d0ae03f1af6be8e3cf4a049137db708ea2d2fbe72e88baddad61
-d80fe90c2853b6e03e736ca1302ebf60b54095a3ae69b29529434043749efb7d
-";
 
 /// What `docker inspect --format INSPECT_TEMPLATE` prints for containers
 /// whose full `docker inspect` is `full`: the template's fields, one object a line.
@@ -333,18 +328,30 @@ proptest! {
     }
 }
 
-#[test]
-fn ps_v1_uses_ps_q_and_docker_inspect() {
-    let fake = v1_host().ok("cd ", V1_IDS).ok("docker inspect", &as_template_output(INSPECT_V1));
-    let states = call::<ops::StackPs>(&fake, &stack()).unwrap();
+/// The one command `stack.ps` runs on Compose v1 and v2.
+fn ps_command(fake: &FakeHost) -> String {
     let cmds = fake.commands();
-    assert_eq!(
-        cmds[cmds.len() - 2],
-        format!("{CD}docker-compose -p cultivate -f docker-compose.yml --env-file .env ps -q")
+    let ps: Vec<&String> = cmds.iter().filter(|c| c.contains(" ps -a -q")).collect();
+    assert_eq!(ps.len(), 1, "{cmds:?}");
+    ps[0].clone()
+}
+
+#[test]
+fn ps_v1_lists_by_compose_labels_and_inspects_in_one_command() {
+    let fake = v1_host().ok("cd ", &as_template_output(INSPECT_V1));
+    let states = call::<ops::StackPs>(&fake, &stack()).unwrap();
+    let cmd = ps_command(&fake);
+    assert!(
+        cmd.contains(
+            "docker ps -a -q --no-trunc --filter label=com.docker.compose.project=cultivate \
+             --filter label=com.docker.compose.oneoff=False"
+        ),
+        "{cmd}"
     );
-    assert!(cmds[cmds.len() - 1].starts_with("docker inspect --type container --format "), "{}", cmds[cmds.len() - 1]);
-    assert!(cmds[cmds.len() - 1].ends_with(V1_IDS.split_whitespace().collect::<Vec<_>>().join(" ").as_str()));
-    assert!(!cmds[cmds.len() - 1].contains("Env"), "only the fields used are asked for");
+    assert!(cmd.contains("exec docker inspect --type container --format "), "{cmd}");
+    assert!(!cmd.contains("docker-compose"), "no compose process: {cmd}");
+    assert!(!cmd.contains("Env"), "only the fields used are asked for");
+    assert_eq!(last(&fake), cmd, "nothing runs after it");
     assert_eq!(states.len(), 4);
     let by = |svc: &str| states.iter().find(|s| s.service == svc).unwrap().clone();
     let bad = by("bad");
@@ -367,23 +374,32 @@ fn ps_v1_uses_ps_q_and_docker_inspect() {
     let quitter = by("quitter");
     assert_eq!(quitter.state, "exited");
     assert_eq!(quitter.exit_code, Some(3));
+    let names: Vec<&str> = states.iter().map(|s| s.service.as_str()).collect();
+    assert!(names.windows(2).all(|w| w[0] <= w[1]), "sorted by service: {names:?}");
 }
 
 #[test]
-fn ps_v1_with_no_containers_is_empty() {
-    let fake = v1_host().ok("cd ", "\n");
+fn ps_with_no_containers_is_empty() {
+    let fake = v1_host().ok("cd ", "");
     assert!(call::<ops::StackPs>(&fake, &stack()).unwrap().is_empty());
-    assert!(!fake.commands().iter().any(|c| c.starts_with("docker inspect")));
 }
 
 #[test]
 fn ps_v2_lists_stopped_containers_too_and_inspects_them_all() {
-    let fake = v2_host().ok("cd ", V1_IDS).ok("docker inspect", &as_template_output(INSPECT_V1));
+    let fake = v2_host().ok("cd ", &as_template_output(INSPECT_V1));
     let states = call::<ops::StackPs>(&fake, &stack()).unwrap();
-    assert!(fake.commands().iter().any(|c| c.ends_with("--env-file .env ps -a -q")), "{:?}", fake.commands());
+    let cmd = ps_command(&fake);
+    assert!(cmd.contains("docker ps -a -q"), "{cmd}");
+    assert!(!cmd.contains("docker compose"), "{cmd}");
     assert_eq!(states.len(), 4);
     let quitter = states.iter().find(|s| s.service == "quitter").unwrap();
     assert_eq!((quitter.state.as_str(), quitter.exit_code), ("exited", Some(3)));
+}
+
+#[test]
+fn compose_project_labels_are_normalised_as_compose_does() {
+    assert_eq!(stack::compose_project_label("e2e-app-10123"), "e2e-app-10123");
+    assert_eq!(stack::compose_project_label("My.Shop_1"), "myshop_1");
 }
 
 #[test]
@@ -528,10 +544,9 @@ fn ps_v2_health_from_status_text_when_field_missing() {
 
 #[test]
 fn ps_inspect_failure_is_an_error_unless_containers_vanished() {
-    let fake = v1_host().ok("cd ", V1_IDS).fail("docker inspect", 1, "Error: No such object: df35");
-    // (template output, not the full inspect)
+    let fake = v1_host().fail("cd ", 1, "Error: No such object: df35");
     assert!(call::<ops::StackPs>(&fake, &stack()).unwrap().is_empty());
-    let fake = v1_host().ok("cd ", V1_IDS).fail("docker inspect", 1, "Cannot connect to the Docker daemon");
+    let fake = v1_host().fail("cd ", 1, "Cannot connect to the Docker daemon");
     assert_eq!(call::<ops::StackPs>(&fake, &stack()).unwrap_err().kind, ErrorKind::CommandFailed);
 }
 
