@@ -187,12 +187,40 @@ pub fn parse_compose_version(stdout: &str) -> Option<String> {
 /// answers asks the target once per run, however many stack operations
 /// detect the flavour; a host from before the field runs it every time.
 fn run_quiet(host: &Host, argv: &[&str]) -> Result<Option<ExecOutput>, PluginError> {
-    match host.exec(&ExecRequest::new(argv.iter().copied()).stable_output()) {
+    run_request(host, ExecRequest::new(argv.iter().copied()))
+}
+
+/// Runs `req` as a version query (see [`run_quiet`]).
+fn run_request(host: &Host, req: ExecRequest) -> Result<Option<ExecOutput>, PluginError> {
+    match host.exec(&req.stable_output()) {
         Ok(out) => Ok(Some(out)),
         // a transport that spawns directly reports a missing program as an I/O error
         Err(e) if e.kind == ErrorKind::Io => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// The script of [`v1_version_request`]; `$HOME/.cache/cultivate/docker-compose-version`
+/// holds the `ls -lLi` line of the binary and its version.
+pub const V1_VERSION_SCRIPT: &str = r#": docker-compose version --short, remembered per binary
+p=$(command -v docker-compose) || exit 127
+key=$(ls -lLi "$p" 2>/dev/null) || key=
+c=${HOME:-/nonexistent}/.cache/cultivate/docker-compose-version
+if [ -n "$key" ] && [ -r "$c" ] && [ "$(sed -n 1p "$c")" = "$key" ]; then sed -n 2p "$c"; exit 0; fi
+v=$(docker-compose version --short) || { s=$?; printf '%s\n' "$v"; exit "$s"; }
+printf '%s\n' "$v"
+if [ -n "$key" ] && [ -n "$v" ]; then
+  { mkdir -p "${c%/*}" && printf '%s\n%s\n' "$key" "$v" >"$c.$$" && mv -f "$c.$$" "$c"; } 2>/dev/null || rm -f "$c.$$"
+fi
+exit 0"#;
+
+/// `docker-compose version --short`, remembered on the target across runs
+/// for the same binary (its inode, size and time, as `ls -lLi` prints them):
+/// Python's docker-compose 1.x takes 0.5-1 s just to start, more than the
+/// rest of a deploy that finds nothing changed. A replaced or upgraded
+/// binary is asked again; exit 127 when there is none.
+pub fn v1_version_request() -> ExecRequest {
+    ExecRequest::shell(V1_VERSION_SCRIPT)
 }
 
 /// Finds Compose on the target, v2 (`docker compose`) first, then
@@ -210,7 +238,7 @@ pub fn find_compose(host: &Host) -> Result<Option<Found>, PluginError> {
         }
     }
     let mut version = None;
-    if let Some(out) = run_quiet(host, &["docker-compose", "version", "--short"])? {
+    if let Some(out) = run_request(host, v1_version_request())? {
         if out.success() {
             version = parse_compose_version(&out.stdout);
         }

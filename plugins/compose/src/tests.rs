@@ -20,6 +20,8 @@ fn ps_json_of_compose_2_26() {
     assert_eq!(states[2].exit_code, Some(1));
 }
 /// The same of Compose 2.10 (one JSON array).
+/// How the v1 version query displays (a script remembering the answer per binary).
+const V1_QUERY: &str = "sh -c ': docker-compose version --short";
 const PS_V2_10: &str = include_str!("../tests/fixtures/compose-v2.10-ps.json");
 
 /// What `docker inspect --format INSPECT_TEMPLATE` prints for containers
@@ -42,13 +44,11 @@ fn as_template_output(full: &str) -> String {
 }
 
 fn v1_host() -> FakeHost {
-    FakeHost::new()
-        .fail("docker compose", 125, "unknown flag: --short")
-        .ok("docker-compose version --short", "1.29.2\n")
+    FakeHost::new().fail("docker compose", 125, "unknown flag: --short").ok(V1_QUERY, "1.29.2\n")
 }
 
 fn v2_host() -> FakeHost {
-    FakeHost::new().ok("docker compose version --short", "2.26.1\n").ok("docker-compose version --short", "1.29.2\n")
+    FakeHost::new().ok("docker compose version --short", "2.26.1\n").ok(V1_QUERY, "1.29.2\n")
 }
 
 fn stack() -> StackRef {
@@ -120,7 +120,7 @@ fn probe_finds_v1_when_v2_is_missing() {
 fn probe_parses_long_v1_output_when_short_fails() {
     let fake = FakeHost::new()
         .fail("docker compose", 1, "docker: 'compose' is not a docker command.")
-        .fail("docker-compose version --short", 1, "No such option: --short")
+        .fail(V1_QUERY, 1, "No such option: --short")
         .ok(
             "docker-compose version",
             "docker-compose version 1.29.2, build unknown\ndocker-py version: 5.0.3\nCPython version: 3.11.2\n",
@@ -133,9 +133,7 @@ fn probe_parses_long_v1_output_when_short_fails() {
 #[test]
 fn standalone_docker_compose_v2_is_v2() {
     // Debian trixie: `docker-compose` is Compose 2.26 too
-    let fake = FakeHost::new()
-        .fail("docker compose", 1, "not a docker command")
-        .ok("docker-compose version --short", "2.26.1\n");
+    let fake = FakeHost::new().fail("docker compose", 1, "not a docker command").ok(V1_QUERY, "2.26.1\n");
     let p = ComposePlugin.probe(&fake.host(), &debian()).unwrap();
     assert_eq!(p.details["flavour"], "v2");
     assert_eq!(p.details["command"], "docker-compose");
@@ -158,7 +156,7 @@ fn probe_with_spawn_errors_is_unavailable() {
 
 #[test]
 fn probe_refuses_old_v1_naming_versions() {
-    let fake = FakeHost::new().fail("docker compose", 1, "").ok("docker-compose version --short", "1.25.0\n");
+    let fake = FakeHost::new().fail("docker compose", 1, "").ok(V1_QUERY, "1.25.0\n");
     let p = ComposePlugin.probe(&fake.host(), &debian()).unwrap();
     assert!(!p.available);
     let r = p.reason.unwrap();
@@ -181,7 +179,7 @@ proptest! {
     #[test]
     fn p19_compose_v1_minimum(minor in 0u64..40, patch in 0u64..10) {
         let found = format!("1.{minor}.{patch}");
-        let fake = FakeHost::new().fail("docker compose", 1, "").ok("docker-compose version --short", &found);
+        let fake = FakeHost::new().fail("docker compose", 1, "").ok(V1_QUERY, &found);
         let p = ComposePlugin.probe(&fake.host(), &debian()).unwrap();
         let ok = semver::Version::new(1, minor, patch) >= semver::Version::parse(MIN_COMPOSE_V1).unwrap();
         prop_assert_eq!(p.available, ok);
@@ -198,7 +196,7 @@ proptest! {
         let fake = if v2 {
             FakeHost::new().ok("docker compose version --short", &found)
         } else {
-            FakeHost::new().fail("docker compose", 1, "").ok("docker-compose version --short", &found)
+            FakeHost::new().fail("docker compose", 1, "").ok(V1_QUERY, &found)
         };
         let p = ComposePlugin.probe(&fake.host(), &debian()).unwrap();
         let v = semver::Version::new(major, minor, patch);
@@ -322,7 +320,8 @@ proptest! {
         let s = StackRef { project, ..stack() };
         call::<ops::StackUp>(&fake, &StackUpRequest { stack: s.clone(), force_recreate: recreate, timeout_secs: None }).unwrap();
         call::<ops::StackDown>(&fake, &StackDownRequest { stack: s, remove_volumes: false }).unwrap();
-        for c in fake.commands() {
+        // (the version query's `command -v` is no volume flag)
+        for c in fake.commands().iter().filter(|c| !c.starts_with(V1_QUERY)) {
             prop_assert!(!c.split(' ').any(|w| w == "-v" || w == "--volumes"), "{}", c);
         }
     }
@@ -625,7 +624,7 @@ fn install_on_bookworm_takes_docker_compose() {
         .ok("env DEBIAN_FRONTEND=noninteractive apt-get", "")
         .fail("apt-cache show", 100, "E: No packages found")
         .fail("docker compose", 1, "")
-        .ok("docker-compose version --short", "1.29.2\n");
+        .ok(V1_QUERY, "1.29.2\n");
     let report = call::<ops::Install>(&fake, &ops::InstallRequest { target: debian() }).unwrap();
     assert_eq!(report.version.as_deref(), Some("1.29.2"));
     let cmds = fake.commands();
@@ -745,4 +744,49 @@ fn the_everyday_operations_are_in_the_manifest() {
     for op in ops::EVERYDAY_OPERATIONS {
         assert!(m.implements(op), "{op}");
     }
+}
+
+/// The v1 version script in a real shell, with a stand-in `docker-compose`
+/// that counts its runs: asked once, answered from the cache after, asked
+/// again when the binary is replaced; exit 127 without one.
+#[test]
+fn v1_version_is_remembered_per_binary_in_a_real_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    // Only the tools the script uses: this machine has a docker-compose of its own.
+    for tool in ["ls", "sed", "mkdir", "mv", "rm"] {
+        let found = ["/usr/bin", "/bin"].iter().map(|d| std::path::Path::new(d).join(tool)).find(|p| p.exists());
+        std::os::unix::fs::symlink(found.expect(tool), bin.join(tool)).unwrap();
+    }
+    let count = dir.path().join("runs");
+    let write_fake = |version: &str| {
+        let path = bin.join("docker-compose");
+        let tmp = bin.join("docker-compose.new");
+        let script = format!("#!/bin/sh\necho run >> '{}'\necho {version}\n", count.display());
+        std::fs::write(&tmp, script).unwrap();
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    };
+    let run = || {
+        let out = std::process::Command::new("/bin/sh")
+            .args(["-c", V1_VERSION_SCRIPT])
+            .env("PATH", &bin)
+            .env("HOME", dir.path())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let runs = || std::fs::read_to_string(&count).map(|s| s.lines().count()).unwrap_or(0);
+
+    assert_eq!(run().0, Some(127), "no docker-compose: 127");
+    write_fake("1.29.2");
+    assert_eq!(run(), (Some(0), "1.29.2\n".to_string()));
+    assert_eq!(run(), (Some(0), "1.29.2\n".to_string()));
+    assert_eq!(runs(), 1, "the second answer came from the cache");
+    write_fake("1.29.3");
+    assert_eq!(run(), (Some(0), "1.29.3\n".to_string()), "a replaced binary is asked again");
+    assert_eq!(runs(), 2);
+    assert_eq!(parse_compose_version(&run().1).as_deref(), Some("1.29.3"));
+    assert_eq!(runs(), 2);
 }
