@@ -75,7 +75,38 @@ pub struct FileConfig {
     app: AppFile,
     #[serde(default)]
     release: ReleaseFile,
+    #[serde(default)]
+    transfer: TransferFile,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferFile {
+    compression: Option<String>,
+    level: Option<i64>,
+}
+
+/// Whether images cross the wire compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// zstd when the target's engine decompresses it (Docker ≥ 23), else gzip.
+    Zstd,
+    /// As exported.
+    None,
+}
+
+/// `[transfer]`: how images are sent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TransferSettings {
+    /// Compressed or not.
+    pub compression: Compression,
+    /// zstd level (1–19; gzip, for older engines, uses at most 9).
+    pub level: i32,
+}
+
+/// Default `transfer.level`.
+pub const DEFAULT_TRANSFER_LEVEL: i32 = 3;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -271,6 +302,8 @@ pub struct Settings {
     pub dry_run: bool,
     /// Days of deploy logs kept on the target.
     pub log_retention_days: u32,
+    /// How images are sent.
+    pub transfer: TransferSettings,
 }
 
 impl Settings {
@@ -381,6 +414,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("CULTIVATE_BUILD_MODE", "build.mode"),
     ("CULTIVATE_BASE_IMAGE", "build.base_image"),
     ("CULTIVATE_HEALTH_TIMEOUT", "health.timeout"),
+    ("CULTIVATE_TRANSFER_COMPRESSION", "transfer.compression"),
+    ("CULTIVATE_TRANSFER_LEVEL", "transfer.level"),
 ];
 
 /// Resolves settings from the file text (with its path), the environment and the flags.
@@ -689,6 +724,28 @@ pub fn resolve(
         }
     }
 
+    // transfer
+    let compression = match env_of("transfer.compression").or(cfg.transfer.compression.clone()).as_deref() {
+        None | Some("zstd") => Compression::Zstd,
+        Some("none") => Compression::None,
+        Some(other) => {
+            problem("transfer.compression", format!("`{other}` is not `zstd` or `none`"));
+            Compression::Zstd
+        }
+    };
+    let level = match parse_u64("transfer.level", env_of("transfer.level")) {
+        Some(Ok(n)) => n.min(1000) as i64,
+        Some(Err(m)) => {
+            problem("transfer.level", m);
+            DEFAULT_TRANSFER_LEVEL as i64
+        }
+        None => cfg.transfer.level.unwrap_or(DEFAULT_TRANSFER_LEVEL as i64),
+    };
+    if !(1..=19).contains(&level) {
+        problem("transfer.level", format!("{level} must be between 1 (fastest) and 19 (smallest)"));
+    }
+    let transfer = TransferSettings { compression, level: level.clamp(1, 19) as i32 };
+
     let secrets_file = env_of("secrets_file").or(cfg.secrets_file.clone()).map(|s| path_of(&s));
 
     if !problems.is_empty() {
@@ -733,6 +790,7 @@ pub fn resolve(
         install_deps: flags.install_deps,
         dry_run: flags.dry_run,
         log_retention_days: cfg.logs.retention_days.unwrap_or(DEFAULT_LOG_RETENTION_DAYS),
+        transfer,
     })
 }
 

@@ -2,6 +2,7 @@
 //! hung on the failure path of start and health.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
 use cultivate_plugin_api::ops::{self, Empty, ImageRefs, ImageTagRequest};
@@ -537,10 +538,20 @@ impl LocalBuilder {
         }
     }
 
+    /// `reference`'s archive in a file.
     fn export(&self, rt: &tokio::runtime::Runtime, reference: &str) -> Result<std::fs::File> {
         match self {
             LocalBuilder::Engine(docker) => rt.block_on(transfer::export_to_file(docker, reference)),
             LocalBuilder::Finch(finch) => finch.save(reference),
+        }
+    }
+
+    /// Where `reference`'s archive comes from: the engine's export stream,
+    /// or the file `finch save` wrote.
+    fn source(&self, reference: &str) -> Result<transfer::Source> {
+        match self {
+            LocalBuilder::Engine(docker) => Ok(transfer::Source::Engine(docker.clone())),
+            LocalBuilder::Finch(finch) => Ok(transfer::Source::File(finch.save(reference)?)),
         }
     }
 }
@@ -690,28 +701,37 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
     let prefix = format!("{}-", ctx.settings.project);
     let on_target = ctx.images_op::<ops::ImageList>(&ops::ImageListRequest { prefix })?;
     let mut chains: std::collections::HashSet<String> =
-        on_target.iter().flat_map(|i| transfer::chain_keys(&i.layers)).collect();
+        on_target.iter().flat_map(|i| transfer::chain_ids(&i.layers)).collect();
+    let probe = ctx.runtimes.images.probe.as_ref().ok();
     // Only a classic image store is known to skip layers it has; anything else gets whole archives.
-    let containerd = ctx
-        .runtimes
-        .images
-        .probe
-        .as_ref()
-        .ok()
-        .and_then(|p| p.details.get("image_store"))
-        .is_none_or(|s| s != "classic");
+    let containerd = probe.and_then(|p| p.details.get("image_store")).is_none_or(|s| s != "classic");
     // A runtime that takes a partial OCI archive (Podman) gets one instead.
-    let oci = ctx.runtimes.images.probe.as_ref().is_ok_and(super::oci_archive::accepted);
+    let oci = probe.is_some_and(super::oci_archive::accepted);
+    let codec = transfer::codec_for(
+        &ctx.settings.transfer,
+        &ctx.images.manifest().name,
+        probe.and_then(|p| p.version.as_deref()),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let builder = LocalBuilder::find(&rt)?;
-    let mut stats = Vec::new();
+    let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(2).clamp(1, 8);
+
+    // Which images must go: the target may have some already (only tagged).
+    let mut stats: Vec<Option<TransferStats>> = Vec::new();
+    let mut to_send: Vec<&BuiltImage> = Vec::new();
+    ctx.checkpoint("deploy: sending images")?;
     for image in images {
-        ctx.checkpoint("deploy: sending images")?;
-        let present = ctx.images_op::<ops::ImageInspect>(&ImageRefs { refs: vec![image.id.clone()] })?;
+        // The project's own images were listed already; another ID may be
+        // there under another name (asked by ID).
+        let listed = on_target.iter().any(|i| i.id.as_deref() == Some(image.id.as_str()));
+        let present = listed || {
+            let found = ctx.images_op::<ops::ImageInspect>(&ImageRefs { refs: vec![image.id.clone()] })?;
+            found.first().and_then(|i| i.id.as_deref()) == Some(image.id.as_str())
+        };
         // Tagged by ID: the image another project (sharing the target and
         // the content) had may be removed between the look and the tag; then
         // it is simply sent.
-        let tagged = present.first().and_then(|i| i.id.as_deref()) == Some(image.id.as_str())
+        let tagged = present
             && match ctx.images_op::<ops::ImageTag>(&ImageTagRequest {
                 source: image.id.clone(),
                 target: image.reference.clone(),
@@ -728,31 +748,97 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
             };
         if tagged {
             ctx.detail(&format!("{}: already on the target, tagged", image.service));
-            stats.push(TransferStats {
+            chains.extend(transfer::chain_ids(&image.layers));
+            stats.push(Some(TransferStats {
                 reference: image.reference.clone(),
                 already_present: true,
                 ..TransferStats::default()
-            });
+            }));
+        } else {
+            stats.push(None);
+            to_send.push(image);
+        }
+    }
+
+    // Plans: an image may skip what the target has and what the images sent
+    // before it bring (they load first; a failure stops the deploy).
+    let mut known = transfer::load_known_dirs();
+    let mut plans = Vec::new();
+    for image in &to_send {
+        let plan = if containerd && !oci {
+            transfer::LayerPlan::everything(&image.layers)
+        } else {
+            transfer::LayerPlan {
+                layers: image.layers.clone(),
+                target_chains: chains.clone(),
+                known_dirs: known.clone(),
+            }
+        };
+        chains.extend(transfer::chain_ids(&image.layers));
+        plans.push(plan);
+    }
+    // The next image's export runs while one is sent.
+    let start = |i: usize, plan: transfer::LayerPlan, codec: transfer::Codec| -> Result<transfer::Outgoing> {
+        let image = to_send[i];
+        let source = builder.source(&image.reference)?;
+        Ok(transfer::spawn_export(source, &image.reference, plan, codec, threads))
+    };
+    let mut next = match plans.first() {
+        Some(p) if !oci => Some(start(0, p.clone(), codec)?),
+        _ => None,
+    };
+    let mut sent_stats = Vec::new();
+    for (i, image) in to_send.iter().enumerate() {
+        ctx.checkpoint("deploy: sending images")?;
+        if oci {
+            let mut archive = builder.export(&rt, &image.reference)?;
+            let archive_bytes = transfer::file_len(&archive);
+            let (mut stat, mut ok) =
+                super::oci_archive::send(ctx, image, &mut archive, &plans[i].target_chains, archive_bytes)?;
+            if !ok {
+                ctx.warn(&format!(
+                    "{}: loading only the changed layers failed; sending the whole image",
+                    image.service
+                ));
+                let full = transfer::spawn_export(
+                    transfer::Source::File(archive),
+                    &image.reference,
+                    transfer::LayerPlan::everything(&image.layers),
+                    transfer::Codec::None,
+                    threads,
+                );
+                let (again, loaded, _) = send_archive(ctx, image, full, transfer::Codec::None)?;
+                stat = TransferStats { fell_back: true, bytes_sent: stat.bytes_sent + again.bytes_sent, ..again };
+                ok = loaded;
+            }
+            if !ok {
+                bail!("loading {} on {} failed", image.reference, ctx.session.target);
+            }
+            let after = ctx.images_op::<ops::ImageInspect>(&ImageRefs { refs: vec![image.reference.clone()] })?;
+            transfer::verify_id(image, after.first().and_then(|i| i.id.as_deref()))?;
+            sent_stats.push(stat);
             continue;
         }
-        let mut archive = builder.export(&rt, &image.reference)?;
-        let archive_bytes = transfer::file_len(&archive);
-        let skip = if containerd || oci {
-            Default::default()
-        } else {
-            transfer::skippable_layer_files(&mut archive, &chains)?
-        };
-        let mut st = if oci {
-            super::oci_archive::send(ctx, image, &mut archive, &chains, archive_bytes)?
-        } else {
-            send_archive(ctx, image, &mut archive, &skip, archive_bytes)?
-        };
-        if !st.1 && (oci || !skip.is_empty()) {
-            ctx.warn(&format!("{}: loading only the changed layers failed; sending the whole image", image.service));
-            st = send_archive(ctx, image, &mut archive, &Default::default(), archive_bytes)?;
-            st.0.fell_back = true;
+        let outgoing = next.take().context("no export for the image")?;
+        if let Some(p) = plans.get(i + 1) {
+            next = Some(start(i + 1, p.clone(), codec)?);
         }
-        let (stat, ok) = st;
+        let (mut stat, mut ok, report) = send_archive(ctx, image, outgoing, codec)?;
+        if let Some(r) = &report {
+            transfer::save_known_dirs(&mut known, &r.learned);
+        }
+        if !ok && (stat.layers_skipped > 0 || codec != transfer::Codec::None || report.is_none()) {
+            ctx.warn(&format!(
+                "{}: loading the {} archive failed; sending the whole image uncompressed",
+                image.service,
+                if stat.layers_skipped > 0 { "filtered" } else { "compressed" }
+            ));
+            let full = start(i, transfer::LayerPlan::everything(&image.layers), transfer::Codec::None)?;
+            let first = stat.bytes_sent;
+            let (again, loaded, _) = send_archive(ctx, image, full, transfer::Codec::None)?;
+            stat = TransferStats { fell_back: true, bytes_sent: first + again.bytes_sent, ..again };
+            ok = loaded;
+        }
         if !ok {
             bail!("loading {} on {} failed", image.reference, ctx.session.target);
         }
@@ -760,52 +846,74 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
         let after = ctx.images_op::<ops::ImageInspect>(&ImageRefs { refs: vec![image.reference.clone()] })?;
         transfer::verify_id(image, after.first().and_then(|i| i.id.as_deref()))?;
         ctx.detail(&format!(
-            "{}: sent {} of {} layers, {} of {}; image ID verified",
+            "{}: sent {} of {} layers, {} ({}) of {}; image ID verified",
             image.service,
             stat.layers_sent,
             stat.layers_sent + stat.layers_skipped,
             transfer::human_bytes(stat.bytes_sent),
-            transfer::human_bytes(archive_bytes)
+            stat.compression,
+            transfer::human_bytes(stat.archive_bytes)
         ));
-        // Later images share the base layers just sent.
-        chains.extend(transfer::chain_keys(&image.layers));
-        stats.push(stat);
+        sent_stats.push(stat);
     }
-    Ok(stats)
+    let mut sent_stats = sent_stats.into_iter();
+    Ok(stats.into_iter().map(|s| s.or_else(|| sent_stats.next()).unwrap_or_default()).collect())
 }
 
-/// Streams the archive (without `skip`) into the load command; `(stats, loaded)`.
+/// Streams an export being produced into the load command; `(stats, loaded,
+/// the filter's report)`. The report is `None` when the export failed.
 fn send_archive(
     ctx: &mut Ctx<'_>,
     image: &BuiltImage,
-    archive: &mut std::fs::File,
-    skip: &std::collections::HashSet<String>,
-    archive_bytes: u64,
-) -> Result<(TransferStats, bool)> {
-    use std::io::Seek;
-    let mut filtered = tempfile::tempfile()?;
-    let skipped = transfer::filter_archive(archive, &mut filtered, skip)?;
-    filtered.rewind()?;
-    let total = transfer::file_len(&filtered);
+    outgoing: transfer::Outgoing,
+    codec: transfer::Codec,
+) -> Result<(TransferStats, bool, Option<transfer::FilterReport>)> {
+    let transfer::Outgoing { mut reader, read, handle } = outgoing;
     let cmd = ctx.images_op::<ops::ImageLoadCommand>(&Empty {})?;
+    // Progress counts the export read (what is dropped counts too): the wire
+    // size is not known before the end.
+    let total = image.size.max(1);
     let mut progress = transfer::Progress::new(&image.service, total, ctx.printer.bars(), ctx.printer.quiet());
-    let out = ctx.session.run_with_input(&cmd, &mut filtered, &mut |sent| progress.update(sent))?;
-    progress.finish(total);
-    let ok = out.success();
-    if !ok {
-        ctx.log.record("WARN", &format!("{} load failed: {}", image.service, out.stderr.trim()));
-        tracing::warn!("{} load failed (status {}): {}", image.reference, out.status, out.stderr.trim());
+    let mut wire = 0u64;
+    let result = ctx.session.run_with_input(&cmd, &mut reader, &mut |sent| {
+        wire = sent;
+        progress.update(read.load(Ordering::Relaxed).min(total))
+    });
+    // Dropping the reader ends a producer still writing (the load stopped early).
+    drop(reader);
+    let produced = handle.join().map_err(|_| anyhow::anyhow!("the export of {} panicked", image.reference))?;
+    let input = read.load(Ordering::Relaxed);
+    progress.finish(input.min(total));
+    let loaded = match result {
+        Ok(out) => out,
+        // The export's own error explains a broken stream better than the transport's.
+        Err(e) => match produced {
+            Err(export) if !format!("{export:#}").contains(transfer::ABANDONED) => return Err(export),
+            _ => return Err(e.into()),
+        },
+    };
+    if !loaded.success() {
+        ctx.log.record("WARN", &format!("{} load failed: {}", image.service, loaded.stderr.trim()));
+        tracing::warn!("{} load failed (status {}): {}", image.reference, loaded.status, loaded.stderr.trim());
     }
+    let report = match produced {
+        Ok(r) => Some(r),
+        Err(e) if loaded.success() => return Err(e),
+        Err(_) => None,
+    };
+    let ok = loaded.success();
+    let skipped = report.as_ref().map(|r| r.layers_skipped).unwrap_or(0);
     let stats = TransferStats {
         reference: image.reference.clone(),
         already_present: false,
-        bytes_sent: total,
-        archive_bytes,
+        bytes_sent: wire,
+        archive_bytes: input,
         layers_sent: image.layers.len().saturating_sub(skipped),
         layers_skipped: skipped,
         fell_back: false,
+        compression: codec.name().to_string(),
     };
-    Ok((stats, ok))
+    Ok((stats, ok, report))
 }
 
 fn config_files(
