@@ -1001,6 +1001,23 @@ mod tests {
     }
 
     #[test]
+    fn transfer_compression_and_level() {
+        let base = "target = \"local\"\napp_dir = \"app\"\n";
+        let s = resolve_text(base, &[], Overrides::default()).unwrap();
+        assert_eq!(s.transfer, TransferSettings { compression: Compression::Zstd, level: DEFAULT_TRANSFER_LEVEL });
+        let s =
+            resolve_text(&format!("{base}[transfer]\ncompression = \"none\"\nlevel = 9"), &[], Overrides::default())
+                .unwrap();
+        assert_eq!(s.transfer, TransferSettings { compression: Compression::None, level: 9 });
+        let s = resolve_text(base, &[("CULTIVATE_TRANSFER_LEVEL", "12")], Overrides::default()).unwrap();
+        assert_eq!(s.transfer.level, 12);
+        let e = resolve_text(&format!("{base}[transfer]\ncompression = \"lz4\"\nlevel = 0"), &[], Overrides::default())
+            .unwrap_err();
+        assert_eq!(keys(&e), ["transfer.compression", "transfer.level"]);
+        assert!(e.to_string().contains("`lz4` is not `zstd` or `none`"), "{e}");
+    }
+
+    #[test]
     fn flags_beat_environment_beats_file() {
         let text = "target = \"ssh://file\"\napp_dir = \"app\"\n[ports]\nhttp = 81";
         let s = resolve_text(

@@ -599,7 +599,8 @@ pub fn save_known_dirs(known: &mut HashMap<String, String>, learned: &[(String, 
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    let tmp = path.with_extension("json.tmp");
+    // Several deploys may write at once: each its own temporary file, renamed over.
+    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
     if serde_json::to_vec(&sorted).ok().and_then(|b| std::fs::write(&tmp, b).ok()).is_some() {
         let _ = std::fs::rename(&tmp, &path);
     }
