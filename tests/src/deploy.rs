@@ -248,6 +248,11 @@ pub struct ProjectOptions {
     pub health_timeout: u64,
     /// `health.drain_timeout`, when not the default.
     pub drain_timeout: Option<u64>,
+    /// `transfer.compression`; `None`: the tool's default (compressed). The
+    /// default here is `none`: on a target one veth away compressing only
+    /// costs CPU, and the suite does dozens of first deploys of ~900 MB on a
+    /// 2-core machine; the files about transfer ask for the default.
+    pub compression: Option<&'static str>,
 }
 
 impl Default for ProjectOptions {
@@ -258,6 +263,7 @@ impl Default for ProjectOptions {
             deploy_path: None,
             health_timeout: 240,
             drain_timeout: None,
+            compression: Some("none"),
         }
     }
 }
@@ -345,6 +351,9 @@ impl Project {
         }
         text.push_str(&format!("\n[ports]\nhttp = {}\nhttps = {}\n", self.http_port, self.https_port));
         text.push_str("\n[build]\nbase_image = \"cultivate/debian:bookworm\"\n");
+        if let Some(c) = self.options.compression {
+            text.push_str(&format!("\n[transfer]\ncompression = {c:?}\n"));
+        }
         text.push_str(&format!("\n[health]\ntimeout = {}\n", self.options.health_timeout));
         if let Some(d) = self.options.drain_timeout {
             text.push_str(&format!("drain_timeout = {d}\n"));

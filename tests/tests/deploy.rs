@@ -120,9 +120,12 @@ fn main_job_local_deploy() {
 #[test]
 fn deploy_over_ssh_to_engine_target() {
     let Some(engine) = engine() else { return };
-    let mut p = Project::new("ssh", 20080, engine.via(), ProjectOptions::default());
+    // The tool's default compression: gzip for this Docker 20.10 target.
+    let options = ProjectOptions { compression: None, ..Default::default() };
+    let mut p = Project::new("ssh", 20080, engine.via(), options);
     let first = p.deploy(&["--json"]);
     first.expect_code(0);
+    assert_compressed(&first.json(), 0.5);
     assert!(p.url("/").contains(engine.address()));
     p.assert_example_answers();
     assert_eq!(p.info()["edition"], serde_json::Value::Null);
@@ -171,6 +174,17 @@ fn deploy_over_ssh_to_engine_target() {
     assert!(sent * 20 < image_size, "sent {sent} bytes for a {image_size}-byte image");
     assert!(backend["layers_skipped"].as_u64().unwrap_or(0) >= 3, "{report}");
     assert_eq!(report["bytes_sent"].as_u64(), Some(sent), "only the backend was sent: {report}");
+}
+
+/// A first deploy's images crossed compressed: the bytes sent are at most
+/// `ratio` of the archives the local engine exported.
+fn assert_compressed(report: &serde_json::Value, ratio: f64) {
+    let transfers = report["transfers"].as_array().unwrap_or_else(|| panic!("no transfers: {report}"));
+    let archive: u64 = transfers.iter().filter_map(|t| t["archive_bytes"].as_u64()).sum();
+    let sent = report["bytes_sent"].as_u64().unwrap_or_else(|| panic!("no bytes_sent: {report}"));
+    eprintln!("first deploy: sent {sent} bytes for {archive} bytes of archives ({:.3})", sent as f64 / archive as f64);
+    assert!(archive > 100_000_000, "the first deploy exported the images: {report}");
+    assert!((sent as f64) <= ratio * archive as f64, "sent {sent} of {archive} bytes: not compressed to {ratio}");
 }
 
 /// P20: after a deploy, the target's image IDs equal this machine's.
@@ -581,7 +595,9 @@ fn deploy_to_docker26_compose_v2_target() {
         return;
     }
     let target = Target::up("deploy-trixie", Kind::Trixie).expect("trixie target");
-    let options = ProjectOptions { deploy_path: Some("/opt/e2e-trixie".into()), ..Default::default() };
+    // The tool's default compression: zstd, which Docker 26 loads itself.
+    let options =
+        ProjectOptions { deploy_path: Some("/opt/e2e-trixie".into()), compression: None, ..Default::default() };
     let p = Project::new("trixie", 20190, Via::ssh(&target), options);
     let list = p.run(&[
         "plugins",
@@ -612,6 +628,7 @@ fn deploy_to_docker26_compose_v2_target() {
         return;
     }
     run.expect_code(0);
+    assert_compressed(&run.json(), 0.42);
     p.assert_example_answers();
     drop(p);
     target.down().expect("tearing down the trixie target");
