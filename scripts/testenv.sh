@@ -700,17 +700,7 @@ cmd_up() {
             sshd_config "$addr" 22 "$dir/ssh_host_ed25519_key" "$dir/authorized_keys" \
                 "$dir/sshd.pid" "$dh" >"$dir/sshd_config"
             mkdir -p /run/sshd
-            # The target's root gets Debian's stock ~/.bashrc (comments only):
-            # bash reads it before every command sshd runs, and this
-            # machine's own (pyenv init) costs 0.25-0.3 s a command, which
-            # no server of our users pays. A private mount namespace keeps
-            # the bind mount to this sshd and the shells it starts.
-            printf '%s\n' "# ~/.bashrc: executed by bash(1) for non-login shells (testenv: Debian's stock root .bashrc)" \
-                >"$dir/bashrc"
-            nsenter --net="/var/run/netns/$ns" unshare --mount --propagation private sh -c '
-                if [ -f /root/.bashrc ]; then mount --bind "$1" /root/.bashrc; fi
-                shift
-                exec "$@"' sh "$dir/bashrc" /usr/sbin/sshd -f "$dir/sshd_config" -E "$dir/sshd.log" 7>&- 8>&- 9>&-
+            nsenter --net="/var/run/netns/$ns" /usr/sbin/sshd -f "$dir/sshd_config" -E "$dir/sshd.log" 7>&- 8>&- 9>&-
             ;;
         bare | trixie | mac)
             local suite=bookworm
