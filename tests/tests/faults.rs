@@ -171,7 +171,13 @@ fn a_full_deploy_filesystem_is_named_and_nothing_is_half_applied() {
     p.set_env("APP_GREETING", "before the disk filled");
     p.deploy(&["--release-version", "r1"]).expect_code(0);
     let filler = format!("{}/filler", p.deploy_path);
-    let _ = std::process::Command::new("dd").args(["if=/dev/zero", &format!("of={filler}"), "bs=64k"]).output();
+    // Full to the last page: 64 KiB writes stop with up to 60 KiB still free,
+    // room enough for a release's small files; 4 KiB ones take the rest.
+    for (file, bs) in [(filler.clone(), "bs=64k"), (format!("{filler}-tail"), "bs=4k")] {
+        let _ = std::process::Command::new("dd").args(["if=/dev/zero", &format!("of={file}"), bs]).output();
+    }
+    let free = p.via.sh(&format!("df -k --output=avail {} | tail -1", p.deploy_path)).expect("df");
+    assert_eq!(free.trim(), "0", "the deploy filesystem is not full");
     p.set_env("APP_GREETING", "while the disk is full");
     let run = p.deploy(&["--release-version", "r2"]);
     assert_ne!(run.code, 0, "{}", run.output());
@@ -182,6 +188,7 @@ fn a_full_deploy_filesystem_is_named_and_nothing_is_half_applied() {
     assert_eq!(p.info()["greeting"], "before the disk filled");
 
     std::fs::remove_file(&filler).expect("freeing space");
+    std::fs::remove_file(format!("{filler}-tail")).expect("freeing space");
     p.deploy(&["--release-version", "r3"]).expect_code(0);
     assert_eq!(p.info()["greeting"], "while the disk is full");
     drop(p);
