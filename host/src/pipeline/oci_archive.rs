@@ -49,7 +49,7 @@ pub fn accepted(probe: &cultivate_plugin_api::Probe) -> bool {
 /// The diff IDs of `layers` (bottom first) that need not be sent: those whose
 /// chain (the layer and every layer below it) the target holds.
 pub fn skippable_diff_ids(layers: &[String], target_chains: &HashSet<String>) -> HashSet<String> {
-    transfer::chain_keys(layers)
+    transfer::chain_ids(layers)
         .iter()
         .zip(layers)
         .filter(|(key, _)| target_chains.contains(*key))
@@ -525,11 +525,10 @@ mod tests {
     fn skippable_layers_are_those_whose_chain_the_target_has() {
         let layers: Vec<String> = ["sha256:a", "sha256:b", "sha256:c"].map(String::from).to_vec();
         let target: Vec<String> = ["sha256:a", "sha256:b", "sha256:x"].map(String::from).to_vec();
-        let chains: HashSet<String> = transfer::chain_keys(&target).into_iter().collect();
+        let chains: HashSet<String> = transfer::chain_ids(&target).into_iter().collect();
         assert_eq!(skippable_diff_ids(&layers, &chains), HashSet::from(["sha256:a".into(), "sha256:b".into()]));
         // the same layer on another parent is not the same chain
-        let other: HashSet<String> =
-            transfer::chain_keys(&["sha256:z".into(), "sha256:b".into()]).into_iter().collect();
+        let other: HashSet<String> = transfer::chain_ids(&["sha256:z".into(), "sha256:b".into()]).into_iter().collect();
         assert!(skippable_diff_ids(&layers, &other).is_empty());
     }
 

@@ -57,15 +57,10 @@ pub struct TransferStats {
     pub compression: String,
 }
 
-/// Keys naming each prefix of a layer list (Docker's chain IDs): layer `i`
-/// of an image can be skipped when the target has an image whose first `i+1`
-/// layers are the same, not merely the same layer somewhere else.
-pub fn chain_keys(layers: &[String]) -> Vec<String> {
-    chain_ids(layers)
-}
-
 /// Docker's chain IDs of a layer list: the first layer's diff ID, then
-/// `sha256(previous chain ID + " " + diff ID)`.
+/// `sha256(previous chain ID + " " + diff ID)`. Layer `i` of an image can be
+/// skipped when the target has an image whose first `i+1` layers are the
+/// same (same chain ID), not merely the same layer somewhere else.
 pub fn chain_ids(layers: &[String]) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(layers.len());
     for l in layers {
