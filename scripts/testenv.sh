@@ -33,6 +33,16 @@ NS_PREFIX=cultivate-
 VETH_PREFIX=ctv
 UP_TIMEOUT=${TESTENV_UP_TIMEOUT:-60}
 
+# The daemons started here (dockerd, containerd, sshd) outlive this script and
+# inherit its descriptors: a caller's open file (a lock a test run holds with
+# flock, a pipe the caller waits on) would stay open, or locked, for as long as
+# the target is up. Keep only stdin, stdout, stderr and bash's own 255.
+for _fd in /proc/$$/fd/*; do
+    _fd=${_fd##*/}
+    if ((_fd > 2 && _fd != 255)); then eval "exec ${_fd}>&-" 2>/dev/null || true; fi
+done
+unset _fd
+
 log() { printf 'testenv: %s\n' "$*" >&2; }
 die() { printf 'testenv: error: %s\n' "$*" >&2; exit 1; }
 
