@@ -262,9 +262,13 @@ MaxStartups 100:30:200
 MaxSessions 50
 Subsystem sftp internal-sftp
 EOF
-    if [[ -n ${6:-} ]]; then
-        echo "SetEnv DOCKER_HOST=$6"
-    fi
+    # SHLVL=1: bash, started by sshd for a command, reads ~/.bashrc only as a
+    # top-level shell (SHLVL 0 before it starts). Engine and loopback targets
+    # share this machine's /root, whose .bashrc runs `pyenv init` (0.25-0.3 s
+    # before every command); a server's stock .bashrc costs nothing, and that
+    # is what these targets stand in for. One SetEnv line: sshd keeps only the
+    # first.
+    echo "SetEnv SHLVL=1${6:+ DOCKER_HOST=$6}"
 }
 
 # ---------------------------------------------------------------- network
