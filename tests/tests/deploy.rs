@@ -110,6 +110,10 @@ fn main_job_local_deploy() {
     let again = p.deploy(&["--json"]);
     again.expect_code(0);
     assert_eq!(again.json()["outcome"], "unchanged", "{}", again.output());
+    // Same inputs as the first deploy's builds: no image goes to the engine's builder again.
+    for svc in ["database", "backend", "frontend"] {
+        assert!(again.stderr.contains(&format!("{svc}: reused sha256:")), "{svc} was built again:\n{}", again.stderr);
+    }
     assert!(p.get("/api/notes").expect("GET /api/notes").contains(&note));
 }
 
@@ -143,6 +147,12 @@ fn deploy_over_ssh_to_engine_target() {
     let second = p.deploy(&["--json"]);
     second.expect_code(0);
     assert_eq!(p.info()["edition"], edition.as_str(), "the changed backend is not served");
+    // A changed context goes to the engine's builder (whose cache keeps the unchanged images).
+    assert!(
+        !second.stderr.contains(": reused sha256:"),
+        "an image of the changed context was reused:\n{}",
+        second.stderr
+    );
 
     let report = second.json();
     let transfers = report["transfers"].as_array().expect("transfers");

@@ -578,28 +578,36 @@ fn build_images(ctx: &mut Ctx<'_>, version: &str) -> Result<Vec<BuiltImage>> {
             let sink = move |line: &str| printer.detail(line);
             let progress = BuildProgress::new(ctx.printer.bars(), &SERVICES, Box::new(sink));
             let progress = &progress;
+            let memo = build::BuildMemo::user();
+            let digest = build::context_digest(&context);
+            let local = &build::LocalBuild { context: &context, digest: &digest, memo: &memo };
             let (context, builder) = (&context, &builder);
             // One service's build, from its start line to its summary line.
             let build_one = |service: &'static str| async move {
                 let reference = build::image_ref(&s.project, service, version);
                 progress.start(service, &reference);
                 let began = std::time::Instant::now();
+                let mut reused = false;
                 let mut step = |line: &str| {
-                    if line.starts_with("Step ") {
+                    if line.starts_with("Step ") || line.starts_with(build::REUSED) {
                         tracing::info!("{service}: {line}");
                     }
+                    reused |= line.starts_with(build::REUSED);
                     progress.line(service, line);
                 };
                 let image = match builder {
                     LocalBuilder::Engine(docker) => {
-                        build::build_local(docker, context, service, &reference, &s.base_image, &s.app, &mut step)
-                            .await?
+                        build::build_local(docker, local, service, &reference, &s.base_image, &s.app, &mut step).await?
                     }
                     LocalBuilder::Finch(finch) => {
                         finch.build(context, service, &reference, &s.base_image, &s.app, &mut step)?
                     }
                 };
-                progress.finish(service, &format!("{} ({:.1}s)", image_summary(&image), began.elapsed().as_secs_f64()));
+                let how = if reused { "reused, " } else { "" };
+                progress.finish(
+                    service,
+                    &format!("{} ({how}{:.1}s)", image_summary(&image), began.elapsed().as_secs_f64()),
+                );
                 Ok::<_, anyhow::Error>(image)
             };
             let built = rt.block_on(async {
@@ -621,6 +629,7 @@ fn build_images(ctx: &mut Ctx<'_>, version: &str) -> Result<Vec<BuiltImage>> {
                     }
                 }
             });
+            memo.save();
             if built.is_err() {
                 progress.abandon();
             }

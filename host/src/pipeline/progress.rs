@@ -101,6 +101,12 @@ impl BuildProgress {
 
     /// A line of a service's build output.
     pub fn line(&self, service: &str, line: &str) {
+        if let BuildProgress::Lines(sink) = self {
+            // Build output stays in the verbose log; an image not built at all is news.
+            if line.starts_with(crate::pipeline::build::REUSED) {
+                sink(&format!("{service}: {line}"));
+            }
+        }
         if let BuildProgress::Bars { bars, steps, .. } = self {
             let Some(bar) = bars.get(service) else { return };
             let line = line.trim();
