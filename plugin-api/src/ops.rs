@@ -125,11 +125,36 @@ operation!(
     /// List images whose repository starts with a prefix.
     ImageList, "image.list", ImageListRequest => Vec<ImageInfo>
 );
+/// What the archive on the load command's stdin is compressed with. A host
+/// that predates this sends `{}`, a plugin that predates it ignores the field
+/// (it then only gets streams its engine reads itself: see
+/// [`LOAD_COMPRESSION_DETAIL`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageLoadRequest {
+    /// `zstd` or `gzip`; `None`: as exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
+}
+
 operation!(
     /// The command that loads an image archive from stdin: `docker save`
-    /// format, or the formats the probe lists under [`LOAD_FORMATS_DETAIL`].
-    ImageLoadCommand, "image.load_command", Empty => CommandSpec
+    /// format, or the formats the probe lists under [`LOAD_FORMATS_DETAIL`],
+    /// compressed as the request says.
+    ImageLoadCommand, "image.load_command", ImageLoadRequest => CommandSpec
 );
+
+/// Probe detail: the compressions (`zstd`, `gzip`, separated by commas) of
+/// an archive that `image.load_command`'s command loads when the request
+/// names them, whether the engine decompresses them itself or the command
+/// pipes them through a decompressor found on the target. Without the detail
+/// the host decides from the engine's version alone.
+pub const LOAD_COMPRESSION_DETAIL: &str = "load_compression";
+
+/// What a probe's details say about loading a `codec`-compressed archive:
+/// `None` when the plugin does not report [`LOAD_COMPRESSION_DETAIL`].
+pub fn loads_compression(details: &BTreeMap<String, String>, codec: &str) -> Option<bool> {
+    details.get(LOAD_COMPRESSION_DETAIL).map(|v| v.split(',').any(|c| c.trim() == codec))
+}
 
 /// Probe detail: the archive formats `image.load_command`'s command accepts
 /// besides `docker save`'s, separated by commas. A plugin that leaves it out
@@ -520,5 +545,27 @@ mod tests {
         assert!(loads_format(&details, LOAD_FORMAT_OCI_PARTIAL));
         details.insert(LOAD_FORMATS_DETAIL.to_string(), "oci-archive-partial-v2".to_string());
         assert!(!loads_format(&details, LOAD_FORMAT_OCI_PARTIAL), "a prefix is not the format");
+    }
+
+    #[test]
+    fn load_compression_is_read_from_the_probe_detail() {
+        let mut details = BTreeMap::new();
+        assert_eq!(loads_compression(&details, "zstd"), None, "no detail: the host decides");
+        details.insert(LOAD_COMPRESSION_DETAIL.to_string(), "gzip".to_string());
+        assert_eq!(loads_compression(&details, "zstd"), Some(false));
+        assert_eq!(loads_compression(&details, "gzip"), Some(true));
+        details.insert(LOAD_COMPRESSION_DETAIL.to_string(), "gzip, zstd".to_string());
+        assert_eq!(loads_compression(&details, "zstd"), Some(true));
+    }
+
+    #[test]
+    fn load_requests_stay_compatible_both_ways() {
+        // An old host's `{}` is a request for an uncompressed archive.
+        let old: ImageLoadRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(old, ImageLoadRequest::default());
+        // An old plugin reads a new request as its `Empty`.
+        let new = serde_json::to_string(&ImageLoadRequest { compression: Some("zstd".into()) }).unwrap();
+        let _: Empty = serde_json::from_str(&new).unwrap();
+        assert_eq!(serde_json::to_string(&ImageLoadRequest::default()).unwrap(), "{}");
     }
 }

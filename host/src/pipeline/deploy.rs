@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use anyhow::{bail, Context, Result};
-use cultivate_plugin_api::ops::{self, Empty, ImageRefs, ImageTagRequest};
+use cultivate_plugin_api::ops::{self, ImageRefs, ImageTagRequest};
 use cultivate_plugin_api::ExecRequest;
 use sha2::{Digest, Sha256};
 
@@ -720,6 +720,7 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
         &ctx.settings.transfer,
         &ctx.images.manifest().name,
         probe.and_then(|p| p.version.as_deref()),
+        probe.and_then(|p| ops::loads_compression(&p.details, "zstd")),
     );
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let builder = LocalBuilder::find(&rt)?;
@@ -878,7 +879,7 @@ fn send_archive(
     codec: transfer::Codec,
 ) -> Result<(TransferStats, bool, Option<transfer::FilterReport>)> {
     let transfer::Outgoing { mut reader, read, handle } = outgoing;
-    let cmd = ctx.images_op::<ops::ImageLoadCommand>(&Empty {})?;
+    let cmd = ctx.images_op::<ops::ImageLoadCommand>(&transfer::load_request(codec))?;
     // Progress counts the export read (what is dropped counts too): the wire
     // size is not known before the end.
     let total = image.size.max(1);

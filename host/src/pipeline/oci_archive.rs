@@ -362,7 +362,7 @@ pub(crate) fn send(
         }
     };
     oci.rewind()?;
-    let cmd = ctx.images_op::<ops::ImageLoadCommand>(&ops::Empty {})?;
+    let cmd = ctx.images_op::<ops::ImageLoadCommand>(&ops::ImageLoadRequest::default())?;
     let mut progress =
         transfer::Progress::new(&image.service, converted.bytes, ctx.printer.bars(), ctx.printer.quiet());
     let out = ctx.session.run_with_input(&cmd, &mut oci, &mut |sent| progress.update(sent))?;

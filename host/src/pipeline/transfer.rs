@@ -15,9 +15,11 @@
 //!    of all but the top layer depend only on the chain), and an unknown
 //!    directory's layer is hashed while it is spooled (its sha256 is its diff
 //!    ID) and then sent or dropped.
-//! 3. The filtered stream is compressed ([`Codec`]: zstd for an engine that
-//!    decompresses it itself, Docker ≥ 23; gzip for older engines, which
-//!    every `docker load` accepts) and streamed into the runtime's load
+//! 3. The filtered stream is compressed ([`Codec`]: zstd when the target
+//!    loads it, as the probe's `load_compression` detail says: an engine that
+//!    decompresses it itself, Docker ≥ 23, or a load command that pipes it
+//!    through the target's `zstd`; gzip otherwise, which every `docker load`
+//!    accepts) and streamed into the runtime's load
 //!    command over the transport while the export is still running, with
 //!    progress (P21). The next image's export starts while one is sent.
 //! 4. The target's image ID must equal the source's, or the deploy stops
@@ -102,18 +104,33 @@ impl Codec {
 const ZSTD_WINDOW_LOG: u32 = 27;
 
 /// The codec for a target: none when compression is off or the runtime is not
-/// Docker; zstd when the engine decompresses it itself (Docker ≥ 23: moby's
-/// DecompressStream learnt zstd in 23.0; checked on 26.1); else gzip, which
-/// every `docker load` accepts (checked on 20.10).
-pub fn codec_for(settings: &crate::settings::TransferSettings, runtime: &str, engine_version: Option<&str>) -> Codec {
+/// Docker; zstd when the target loads it, as the probe's `load_compression`
+/// detail says (`zstd_loads`: the engine decompresses it itself, Docker ≥ 23,
+/// or the load command pipes it through the target's `zstd`); else gzip,
+/// which every `docker load` accepts (checked on 20.10). A plugin that does
+/// not report the detail (`None`) gets zstd only from Docker ≥ 23 (moby's
+/// DecompressStream learnt zstd in 23.0; checked on 26.1).
+pub fn codec_for(
+    settings: &crate::settings::TransferSettings,
+    runtime: &str,
+    engine_version: Option<&str>,
+    zstd_loads: Option<bool>,
+) -> Codec {
     if settings.compression == crate::settings::Compression::None || runtime != "docker" {
         return Codec::None;
     }
     let major = engine_version.and_then(|v| v.split('.').next()).and_then(|m| m.parse::<u32>().ok()).unwrap_or(0);
-    if major >= 23 {
+    if zstd_loads.unwrap_or(major >= 23) {
         Codec::Zstd(settings.level)
     } else {
         Codec::Gzip(settings.level.clamp(1, 9) as u32)
+    }
+}
+
+/// What the load command is told the archive is compressed with.
+pub fn load_request(codec: Codec) -> cultivate_plugin_api::ops::ImageLoadRequest {
+    cultivate_plugin_api::ops::ImageLoadRequest {
+        compression: (codec != Codec::None).then(|| codec.name().to_string()),
     }
 }
 

@@ -138,6 +138,50 @@ pub fn load_command(prefix: &[String]) -> CommandSpec {
     ExecRequest::new(argv(prefix, &["load"]))
 }
 
+/// The command that loads an archive compressed with `compression` from
+/// stdin. `gzip` and none: the engine reads them itself. `zstd`: piped
+/// through the target's `zstd` when it has one (Docker 20.10's `docker load`
+/// refuses zstd), else straight to the engine (Docker ≥ 23 reads zstd); the
+/// host sends zstd only when the probe's `load_compression` lists it.
+pub fn load_command_for(prefix: &[String], compression: Option<&str>) -> Result<CommandSpec, PluginError> {
+    match compression.map(str::trim) {
+        None | Some("") | Some("none") | Some("gzip") => Ok(load_command(prefix)),
+        Some("zstd") => {
+            let load = prefix
+                .iter()
+                .map(|p| cultivate_plugin_api::shell::quote(p))
+                .chain(["load".to_string()])
+                .collect::<Vec<_>>()
+                .join(" ");
+            Ok(ExecRequest::shell(format!(
+                "if command -v zstd >/dev/null 2>&1; then zstd -dcq | {load}; else {load}; fi"
+            )))
+        }
+        Some(other) => Err(PluginError::invalid(format!(
+            "image.load_command: compression `{other}` is not `zstd`, `gzip` or `none`"
+        ))),
+    }
+}
+
+/// The line the probe's `docker info` command adds when the target has `zstd`.
+pub const ZSTD_FOUND: &str = "cultivate-zstd-found";
+
+/// `docker info --format '{{json .}}'`, followed by [`ZSTD_FOUND`] on its own
+/// line when `zstd` is on the PATH: the probe learns both in one round trip.
+/// Exits with `docker info`'s status.
+pub fn info_command(prefix: &[String]) -> CommandSpec {
+    let cli: Vec<String> = prefix.iter().map(|p| cultivate_plugin_api::shell::quote(p)).collect();
+    ExecRequest::shell(format!(
+        "{} info --format \"{{{{json .}}}}\"; s=$?; if command -v zstd >/dev/null 2>&1; then echo {ZSTD_FOUND}; fi; exit $s",
+        cli.join(" ")
+    ))
+}
+
+/// True when the output of [`info_command`] says the target has `zstd`.
+pub fn has_zstd(stdout: &str) -> bool {
+    stdout.lines().any(|l| l.trim() == ZSTD_FOUND)
+}
+
 /// Tags `source` as `target`.
 pub fn tag(host: &Host, prefix: &[String], source: &str, target: &str) -> Result<(), PluginError> {
     if source.trim().is_empty() || target.trim().is_empty() {

@@ -68,9 +68,9 @@ impl Plugin for DockerPlugin {
                 ops::handle::<ops::ImageInspect>(payload, |r| images::inspect(host, &bin, &r.refs))
             }
             ops::ImageList::NAME => ops::handle::<ops::ImageList>(payload, |r| images::list(host, &bin, &r.prefix)),
-            ops::ImageLoadCommand::NAME => {
-                ops::handle::<ops::ImageLoadCommand>(payload, |_| Ok(images::load_command(&bin)))
-            }
+            ops::ImageLoadCommand::NAME => ops::handle::<ops::ImageLoadCommand>(payload, |r| {
+                images::load_command_for(&bin, r.compression.as_deref())
+            }),
             ops::ImageTag::NAME => ops::handle::<ops::ImageTag>(payload, |r| {
                 images::tag(host, &bin, &r.source, &r.target).map(|()| ops::Empty {})
             }),
@@ -211,7 +211,8 @@ pub fn probe_docker(host: &Host) -> Result<Probe, PluginError> {
         probe = probe.with_detail("api_version", a);
     }
     probe = probe.with_detail("binary", "docker");
-    let info = host.exec(&ExecRequest::new(["docker", "info", "--format", "{{json .}}"]).stable_output())?;
+    let info = host.exec(&images::info_command(&docker()).stable_output())?;
+    probe = probe.with_detail(ops::LOAD_COMPRESSION_DETAIL, load_compression(&server, images::has_zstd(&info.stdout)));
     match parse_info(&info.stdout) {
         Some(s) if info.success() || !s.driver.is_empty() => {
             probe = probe.with_detail("storage_driver", s.driver).with_detail("image_store", s.image_store);
@@ -222,6 +223,19 @@ pub fn probe_docker(host: &Host) -> Result<Probe, PluginError> {
         }
     }
     Ok(probe)
+}
+
+/// The probe's `load_compression` detail: gzip always (every `docker load`
+/// reads it); zstd when the engine reads it itself (Docker ≥ 23: moby's
+/// DecompressStream learnt zstd in 23.0) or the target has `zstd` to pipe it
+/// through.
+pub fn load_compression(server: &str, has_zstd: bool) -> &'static str {
+    let major = server.split('.').next().and_then(|m| m.trim().parse::<u32>().ok()).unwrap_or(0);
+    if has_zstd || major >= 23 {
+        "gzip,zstd"
+    } else {
+        "gzip"
+    }
 }
 
 // ---------------------------------------------------------------- install

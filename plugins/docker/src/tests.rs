@@ -10,6 +10,8 @@ const VERSION_20: &str = include_str!("../tests/fixtures/docker-version-20.10.24
 const VERSION_CLIENT_ONLY: &str = include_str!("../tests/fixtures/docker-version-client-only.json");
 const VERSION_CLIENT_ONLY_ERR: &str = include_str!("../tests/fixtures/docker-version-client-only.stderr");
 const INFO_20: &str = include_str!("../tests/fixtures/docker-info-20.10.24.json");
+/// The display line of the probe's `docker info` command (a fake host rule's prefix).
+const INFO_CMD: &str = "sh -c 'docker info";
 const INSPECT_20: &str = include_str!("../tests/fixtures/docker-image-inspect-20.10.24.json");
 /// `docker info` of Docker 26+ with the containerd image store (trimmed to the fields read).
 const INFO_CONTAINERD: &str = r#"{"Driver":"overlayfs","DriverStatus":[["driver-type","io.containerd.snapshotter.v1"]],"ServerVersion":"26.1.5"}"#;
@@ -98,7 +100,7 @@ fn parses_real_docker_info() {
 
 #[test]
 fn probe_finds_server_version_and_details() {
-    let fake = FakeHost::new().ok("docker version", VERSION_20).ok("docker info", INFO_20);
+    let fake = FakeHost::new().ok("docker version", VERSION_20).ok(INFO_CMD, INFO_20);
     let p = DockerPlugin.probe(&fake.host(), &debian()).unwrap();
     assert!(p.available, "{p:?}");
     assert_eq!(p.version.as_deref(), Some("20.10.24+dfsg1"));
@@ -107,12 +109,18 @@ fn probe_finds_server_version_and_details() {
     assert_eq!(p.details["client_version"], "28.2.2");
     assert_eq!(p.details["storage_driver"], "fuse-overlayfs");
     assert_eq!(p.details["image_store"], "classic");
-    assert_eq!(fake.commands(), vec!["docker version --format '{{json .}}'", "docker info --format '{{json .}}'"]);
+    assert_eq!(
+        fake.commands(),
+        vec![
+            "docker version --format '{{json .}}'".to_string(),
+            images::info_command(&["docker".to_string()]).display()
+        ]
+    );
 }
 
 #[test]
 fn probe_reports_containerd_image_store() {
-    let fake = FakeHost::new().ok("docker version", &version_json("26.1.5+dfsg1")).ok("docker info", INFO_CONTAINERD);
+    let fake = FakeHost::new().ok("docker version", &version_json("26.1.5+dfsg1")).ok(INFO_CMD, INFO_CONTAINERD);
     let p = DockerPlugin.probe(&fake.host(), &debian()).unwrap();
     assert!(p.available);
     assert_eq!(p.details["image_store"], "containerd");
@@ -174,7 +182,7 @@ fn probe_with_permission_error_names_it() {
 
 #[test]
 fn probe_refuses_old_docker_naming_both_versions() {
-    let fake = FakeHost::new().ok("docker version", &version_json("19.03.15")).ok("docker info", INFO_20);
+    let fake = FakeHost::new().ok("docker version", &version_json("19.03.15")).ok(INFO_CMD, INFO_20);
     let p = DockerPlugin.probe(&fake.host(), &debian()).unwrap();
     assert!(!p.available);
     assert_eq!(p.version.as_deref(), Some("19.03.15"));
@@ -192,7 +200,7 @@ fn probe_with_garbage_output_is_unavailable() {
 
 #[test]
 fn probe_survives_failing_info() {
-    let fake = FakeHost::new().ok("docker version", VERSION_20).fail("docker info", 1, "boom");
+    let fake = FakeHost::new().ok("docker version", VERSION_20).fail(INFO_CMD, 1, "boom");
     let p = DockerPlugin.probe(&fake.host(), &debian()).unwrap();
     assert!(p.available);
     assert_eq!(p.details["image_store"], "unknown");
@@ -222,7 +230,7 @@ proptest! {
         Just(""), Just("+dfsg1"), Just("-0ubuntu1~22.04.1"), Just("-ce")
     ]) {
         let found = format!("{major}.{minor}.{patch}{suffix}");
-        let fake = FakeHost::new().ok("docker version", &version_json(&found)).ok("docker info", INFO_20);
+        let fake = FakeHost::new().ok("docker version", &version_json(&found)).ok(INFO_CMD, INFO_20);
         let p = DockerPlugin.probe(&fake.host(), &debian()).unwrap();
         let ok = semver::Version::new(major, minor, patch) >= semver::Version::parse(MIN_DOCKER).unwrap();
         prop_assert_eq!(p.available, ok);
@@ -340,9 +348,86 @@ fn list_filters_by_prefix_then_inspects() {
 
 #[test]
 fn load_command_is_docker_load() {
-    let spec = call::<ops::ImageLoadCommand>(&FakeHost::new(), &ops::Empty {}).unwrap();
+    let spec = call::<ops::ImageLoadCommand>(&FakeHost::new(), &ops::ImageLoadRequest::default()).unwrap();
     assert_eq!(spec.argv, vec!["docker", "load"]);
     assert_eq!(spec.stdin, None);
+    // gzip: every engine reads it itself.
+    let gzip = ops::ImageLoadRequest { compression: Some("gzip".into()) };
+    assert_eq!(call::<ops::ImageLoadCommand>(&FakeHost::new(), &gzip).unwrap().argv, vec!["docker", "load"]);
+}
+
+#[test]
+fn zstd_load_pipes_through_the_targets_zstd_when_it_has_one() {
+    let zstd = ops::ImageLoadRequest { compression: Some("zstd".into()) };
+    let spec = call::<ops::ImageLoadCommand>(&FakeHost::new(), &zstd).unwrap();
+    assert_eq!(
+        spec.argv,
+        vec!["sh", "-c", "if command -v zstd >/dev/null 2>&1; then zstd -dcq | docker load; else docker load; fi"]
+    );
+    let bad = ops::ImageLoadRequest { compression: Some("lz4".into()) };
+    let e = call::<ops::ImageLoadCommand>(&FakeHost::new(), &bad).unwrap_err();
+    assert!(e.message.contains("`lz4`"), "{e:?}");
+}
+
+/// Runs the zstd load command's shell with a stand-in `docker` (cat) on this
+/// machine: the archive comes out decompressed when `zstd` is there.
+#[test]
+fn zstd_load_command_decompresses_with_a_real_zstd() {
+    if std::process::Command::new("zstd").arg("--version").output().is_err() {
+        eprintln!("skipped: no zstd on this machine");
+        return;
+    }
+    let spec = images::load_command_for(&["cat".to_string()], Some("zstd")).unwrap();
+    let script = spec.argv[2].replace("cat load", "cat");
+    let data = b"an image archive ".repeat(1000);
+    let run = |args: &[&str], input: &[u8]| -> Vec<u8> {
+        use std::io::Write;
+        let mut child = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || stdin.write_all(&input).unwrap());
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        out.stdout
+    };
+    let compressed = run(&["zstd", "-q", "-c"], &data);
+    assert!(compressed.len() < data.len() / 10);
+    assert_eq!(run(&["sh", "-c", &script], &compressed), data);
+}
+
+#[test]
+fn probe_reports_which_compressions_load() {
+    let zstd_found = format!("{INFO_20}\n{}\n", images::ZSTD_FOUND);
+    // Docker 20.10 without zstd on the target: gzip only.
+    let fake = FakeHost::new().ok("docker version", VERSION_20).ok(INFO_CMD, INFO_20);
+    let p = DockerPlugin.probe(&fake.host(), &debian()).unwrap();
+    assert_eq!(p.details[ops::LOAD_COMPRESSION_DETAIL], "gzip");
+    assert_eq!(p.details["image_store"], "classic", "the docker info JSON is still read");
+    // Docker 20.10 with zstd: zstd too, learnt from the same command.
+    let fake = FakeHost::new().ok("docker version", VERSION_20).ok(INFO_CMD, &zstd_found);
+    let p = DockerPlugin.probe(&fake.host(), &debian()).unwrap();
+    assert_eq!(p.details[ops::LOAD_COMPRESSION_DETAIL], "gzip,zstd");
+    assert_eq!(p.details["storage_driver"], "fuse-overlayfs");
+    assert_eq!(fake.commands().len(), 2, "no extra round trip");
+    // Docker 26 reads zstd itself.
+    let fake = FakeHost::new().ok("docker version", &version_json("26.1.5+dfsg1")).ok(INFO_CMD, INFO_CONTAINERD);
+    let p = DockerPlugin.probe(&fake.host(), &debian()).unwrap();
+    assert_eq!(p.details[ops::LOAD_COMPRESSION_DETAIL], "gzip,zstd");
+}
+
+#[test]
+fn load_compression_by_engine_version_and_zstd() {
+    assert_eq!(load_compression("20.10.24+dfsg1", false), "gzip");
+    assert_eq!(load_compression("20.10.24+dfsg1", true), "gzip,zstd");
+    assert_eq!(load_compression("23.0.0", false), "gzip,zstd");
+    assert_eq!(load_compression("26.1.5+dfsg1", false), "gzip,zstd");
+    assert_eq!(load_compression("garbage", false), "gzip");
 }
 
 #[test]

@@ -138,7 +138,7 @@ fn docker_plugin_against_the_real_engine() {
     // save, remove, load through the load command: same ID (P20's check)
     let archive = dir.join("base.tar");
     assert!(sh(&format!("docker save -o {} {base}", archive.display())).status.success());
-    let spec = call::<ops::ImageLoadCommand>(&ops::Empty {}).unwrap();
+    let spec = call::<ops::ImageLoadCommand>(&ops::ImageLoadRequest::default()).unwrap();
     assert_eq!(spec.argv, vec!["docker", "load"]);
 
     // remove: untagging works; an image a container uses is refused, not forced

@@ -158,7 +158,7 @@ fn image_ops_go_through_finch() {
             .unwrap();
     assert_eq!(infos[0].id.as_deref(), Some("sha256:abc"));
     assert_eq!(infos[1].id, None);
-    let spec = call::<ops::ImageLoadCommand>(&fake, &ops::Empty {}).unwrap();
+    let spec = call::<ops::ImageLoadCommand>(&fake, &ops::ImageLoadRequest::default()).unwrap();
     assert_eq!(spec.argv, vec![FINCH, "load"]);
     call::<ops::ImageTag>(&fake, &ops::ImageTagRequest { source: "a:1".into(), target: "b:1".into() }).unwrap_err();
     let fake = fake.ok(&format!("{FINCH} image tag"), "");

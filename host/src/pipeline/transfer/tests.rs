@@ -228,12 +228,36 @@ fn compressed_streams_decode_to_the_filtered_archive() {
 fn codec_follows_the_engine() {
     use crate::settings::{Compression, TransferSettings};
     let on = TransferSettings { compression: Compression::Zstd, level: 5 };
-    assert_eq!(codec_for(&on, "docker", Some("26.1.5+dfsg1")), Codec::Zstd(5));
-    assert_eq!(codec_for(&on, "docker", Some("20.10.24+dfsg1")), Codec::Gzip(5));
-    assert_eq!(codec_for(&on, "docker", None), Codec::Gzip(5));
-    assert_eq!(codec_for(&on, "finch", Some("1.4.0")), Codec::None);
+    // A plugin that does not report `load_compression`: the engine's version decides.
+    assert_eq!(codec_for(&on, "docker", Some("26.1.5+dfsg1"), None), Codec::Zstd(5));
+    assert_eq!(codec_for(&on, "docker", Some("20.10.24+dfsg1"), None), Codec::Gzip(5));
+    assert_eq!(codec_for(&on, "docker", None, None), Codec::Gzip(5));
+    assert_eq!(codec_for(&on, "finch", Some("1.4.0"), None), Codec::None);
     let off = TransferSettings { compression: Compression::None, level: 3 };
-    assert_eq!(codec_for(&off, "docker", Some("26.1.5")), Codec::None);
+    assert_eq!(codec_for(&off, "docker", Some("26.1.5"), None), Codec::None);
+    assert_eq!(codec_for(&off, "docker", Some("20.10.24"), Some(true)), Codec::None);
+}
+
+#[test]
+fn codec_follows_the_probes_load_compression() {
+    use crate::settings::{Compression, TransferSettings};
+    let on = TransferSettings { compression: Compression::Zstd, level: 12 };
+    // Docker 20.10 with zstd on the target: zstd, piped through it.
+    assert_eq!(codec_for(&on, "docker", Some("20.10.24+dfsg1"), Some(true)), Codec::Zstd(12));
+    // Docker 20.10 without zstd: gzip, its level capped at 9.
+    assert_eq!(codec_for(&on, "docker", Some("20.10.24+dfsg1"), Some(false)), Codec::Gzip(9));
+    // The detail wins over the version both ways.
+    assert_eq!(codec_for(&on, "docker", Some("26.1.5"), Some(true)), Codec::Zstd(12));
+    assert_eq!(codec_for(&on, "docker", Some("26.1.5"), Some(false)), Codec::Gzip(9));
+    // Only Docker's load command is known to take compressed archives.
+    assert_eq!(codec_for(&on, "finch", Some("1.4.0"), Some(true)), Codec::None);
+}
+
+#[test]
+fn the_load_command_is_told_the_codec() {
+    assert_eq!(load_request(Codec::None).compression, None);
+    assert_eq!(load_request(Codec::Zstd(3)).compression.as_deref(), Some("zstd"));
+    assert_eq!(load_request(Codec::Gzip(6)).compression.as_deref(), Some("gzip"));
 }
 
 #[test]
