@@ -73,6 +73,8 @@ DEP_CMDS=(
     nsenter:util-linux
     findmnt:util-linux
     flock:util-linux
+    # engine targets run this machine's dockerd 20.10, which loads zstd only piped through zstd
+    zstd:zstd
 )
 
 missing_packages() {

@@ -124,12 +124,14 @@ fn main_job_local_deploy() {
 #[test]
 fn deploy_over_ssh_to_engine_target() {
     let Some(engine) = engine() else { return };
-    // The tool's default compression: gzip for this Docker 20.10 target.
+    // The tool's default compression: zstd for this Docker 20.10 target too,
+    // piped through the target's zstd (its engine refuses zstd itself).
     let options = ProjectOptions { compression: None, ..Default::default() };
     let mut p = Project::new("ssh", 20080, engine.via(), options);
     let first = p.deploy(&["--json"]);
     first.expect_code(0);
-    assert_compressed(&first.json(), 0.5);
+    assert_compressed(&first.json(), 0.40);
+    assert_codec(&first.json(), "zstd");
     assert!(p.url("/").contains(engine.address()));
     p.assert_example_answers();
     assert_eq!(p.info()["edition"], serde_json::Value::Null);
@@ -188,6 +190,17 @@ fn deploy_over_ssh_to_engine_target() {
 
 /// A first deploy's images crossed compressed: the bytes sent are at most
 /// `ratio` of the archives the local engine exported.
+/// Every image the deploy sent went compressed with `codec`.
+fn assert_codec(report: &serde_json::Value, codec: &str) {
+    let transfers = report["transfers"].as_array().unwrap_or_else(|| panic!("no transfers: {report}"));
+    let sent: Vec<&serde_json::Value> = transfers.iter().filter(|t| t["already_present"] != true).collect();
+    assert!(!sent.is_empty(), "nothing was sent: {report}");
+    for t in sent {
+        assert_eq!(t["compression"], codec, "{t}");
+        assert_eq!(t["fell_back"], false, "the compressed load failed: {t}");
+    }
+}
+
 fn assert_compressed(report: &serde_json::Value, ratio: f64) {
     let transfers = report["transfers"].as_array().unwrap_or_else(|| panic!("no transfers: {report}"));
     let archive: u64 = transfers.iter().filter_map(|t| t["archive_bytes"].as_u64()).sum();
@@ -638,7 +651,8 @@ fn deploy_to_docker26_compose_v2_target() {
         return;
     }
     run.expect_code(0);
-    assert_compressed(&run.json(), 0.42);
+    assert_compressed(&run.json(), 0.40);
+    assert_codec(&run.json(), "zstd");
     p.assert_example_answers();
     drop(p);
     target.down().expect("tearing down the trixie target");
@@ -658,8 +672,14 @@ fn p18_dependency_installation_on_bare_target() {
     }
     let target = Target::up("deploy-bare", Kind::Bare).expect("bare target");
     assert!(!target.ssh("command -v docker").expect("ssh").status.success(), "the bare target already has docker");
-    let options =
-        ProjectOptions { deploy_path: Some("/opt/e2e-bare".into()), health_timeout: 300, ..Default::default() };
+    // The tool's default compression: Debian's docker.io brings no zstd
+    // program, so this Docker 20.10 gets gzip.
+    let options = ProjectOptions {
+        deploy_path: Some("/opt/e2e-bare".into()),
+        health_timeout: 300,
+        compression: None,
+        ..Default::default()
+    };
     let p = Project::new("bare", 20200, Via::ssh(&target), options);
 
     let refused = p.deploy(&[]);
@@ -686,6 +706,9 @@ fn p18_dependency_installation_on_bare_target() {
         return;
     }
     installed.expect_code(0);
+    assert!(!target.ssh("command -v zstd").expect("ssh").status.success(), "the bare target has zstd");
+    assert_codec(&installed.json(), "gzip");
+    assert_compressed(&installed.json(), 0.5);
     let version = target.ssh_ok("docker version --format '{{.Server.Version}}'").expect("docker on the target");
     assert!(!version.trim().is_empty());
     target.ssh_ok("docker-compose version || docker compose version").expect("compose on the target");
