@@ -617,6 +617,11 @@ if lim_first or lim_sl:
     if lt:
         p("")
         p("Stages of the limited first deploy: " + ", ".join(f"{k} {v:.2f} s" for k, v in lt.items()) + ".")
+        if lim_sl and lt.get("transfer-images"):
+            p("")
+            p(f"The image transfer stage alone ÷ save\\|load at {rate:g} Mbit/s: "
+              f"{ratio(lt['transfer-images'], lim_sl['wall'])} (save\\|load starts nothing; the deploy then also "
+              f"starts the three services and waits for their health checks).")
     p("")
 
 goals = []
