@@ -546,12 +546,20 @@ impl LocalBuilder {
         }
     }
 
-    /// Where `reference`'s archive comes from: the engine's export stream,
-    /// or the file `finch save` wrote.
-    fn source(&self, reference: &str) -> Result<transfer::Source> {
-        match self {
-            LocalBuilder::Engine(docker) => Ok(transfer::Source::Engine(docker.clone())),
-            LocalBuilder::Finch(finch) => Ok(transfer::Source::File(finch.save(reference)?)),
+    /// Where `image`'s archive comes from: the engine's layer store when
+    /// `store` is given (see [`transfer::layer_store`]), else its export
+    /// stream; or the file `finch save` wrote.
+    fn source(
+        &self,
+        image: &BuiltImage,
+        store: Option<&std::sync::Arc<transfer::layer_store::LayerStore>>,
+    ) -> Result<transfer::Source> {
+        match (self, store) {
+            (LocalBuilder::Engine(docker), Some(store)) => {
+                Ok(transfer::Source::LayerStore { store: store.clone(), docker: docker.clone(), id: image.id.clone() })
+            }
+            (LocalBuilder::Engine(docker), None) => Ok(transfer::Source::Engine(docker.clone())),
+            (LocalBuilder::Finch(finch), _) => Ok(transfer::Source::File(finch.save(&image.reference)?)),
         }
     }
 }
@@ -725,6 +733,15 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let builder = LocalBuilder::find(&rt)?;
     let threads = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(2).clamp(1, 8);
+    // Changed layers are read from the engine's layer store when it can be
+    // read (no `docker save` of the whole image); the Podman path converts
+    // an export.
+    let store = match &builder {
+        LocalBuilder::Engine(docker) if !oci => {
+            rt.block_on(transfer::layer_store::LayerStore::detect(docker)).map(std::sync::Arc::new)
+        }
+        _ => None,
+    };
 
     // Which images must go: the target may have some already (only tagged).
     let mut stats: Vec<Option<TransferStats>> = Vec::new();
@@ -788,13 +805,14 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
         plans.push(plan);
     }
     // The next image's export runs while one is sent.
-    let start = |i: usize, plan: transfer::LayerPlan, codec: transfer::Codec| -> Result<transfer::Outgoing> {
+    // A retry after a failed load exports with `docker save` (`store` false).
+    let start = |i: usize, plan: transfer::LayerPlan, codec: transfer::Codec, store_ok: bool| {
         let image = to_send[i];
-        let source = builder.source(&image.reference)?;
-        Ok(transfer::spawn_export(source, &image.reference, plan, codec, threads))
+        let source = builder.source(image, store.as_ref().filter(|_| store_ok))?;
+        Ok::<_, anyhow::Error>(transfer::spawn_export(source, &image.reference, plan, codec, threads))
     };
     let mut next = match plans.first() {
-        Some(p) if !oci => Some(start(0, p.clone(), codec)?),
+        Some(p) if !oci => Some(start(0, p.clone(), codec, true)?),
         _ => None,
     };
     let mut sent_stats = Vec::new();
@@ -831,7 +849,7 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
         }
         let outgoing = next.take().context("no export for the image")?;
         if let Some(p) = plans.get(i + 1) {
-            next = Some(start(i + 1, p.clone(), codec)?);
+            next = Some(start(i + 1, p.clone(), codec, true)?);
         }
         let (mut stat, mut ok, report) = send_archive(ctx, image, outgoing, codec)?;
         if let Some(r) = &report {
@@ -843,7 +861,7 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
                 image.service,
                 if stat.layers_skipped > 0 { "filtered" } else { "compressed" }
             ));
-            let full = start(i, transfer::LayerPlan::everything(&image.layers), transfer::Codec::None)?;
+            let full = start(i, transfer::LayerPlan::everything(&image.layers), transfer::Codec::None, false)?;
             let first = stat.bytes_sent;
             let (again, loaded, _) = send_archive(ctx, image, full, transfer::Codec::None)?;
             stat = TransferStats { fell_back: true, bytes_sent: first + again.bytes_sent, ..again };

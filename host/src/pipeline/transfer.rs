@@ -506,6 +506,16 @@ fn chunked(w: ChannelWriter) -> std::io::BufWriter<ChannelWriter> {
 pub enum Source {
     /// This machine's Docker engine (`docker save` through its API).
     Engine(bollard::Docker),
+    /// This machine's layer store read directly ([`layer_store`]): only the
+    /// layers to send are read; `docker save` when that fails.
+    LayerStore {
+        /// The store.
+        store: Arc<layer_store::LayerStore>,
+        /// The engine, for the fallback export.
+        docker: bollard::Docker,
+        /// The image ID (the config's sha256).
+        id: String,
+    },
     /// An archive already on disk (Finch's `finch save`).
     File(std::fs::File),
 }
@@ -532,18 +542,30 @@ pub fn spawn_export(source: Source, reference: &str, plan: LayerPlan, codec: Cod
         let err_tx = tx.clone();
         let run = || -> Result<FilterReport> {
             let out = Compressor::new(codec, threads, chunked(ChannelWriter(tx)))?;
+            let export = |docker: bollard::Docker, out| -> Result<(FilterReport, _)> {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let input = EngineExport {
+                    rt,
+                    stream: Box::pin(docker.export_image(&reference)),
+                    buf: bytes::Bytes::new(),
+                    reference: reference.clone(),
+                };
+                filter_stream(input, out, &plan, counter.clone())
+            };
             let (report, out) = match source {
-                Source::Engine(docker) => {
-                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                    let input = EngineExport {
-                        rt,
-                        stream: Box::pin(docker.export_image(&reference)),
-                        buf: bytes::Bytes::new(),
-                        reference: reference.clone(),
-                    };
-                    filter_stream(input, out, &plan, counter)?
+                Source::Engine(docker) => export(docker, out)?,
+                Source::LayerStore { store, docker, id } => match store.prepare(&id, &reference, &plan) {
+                    Ok(image) => layer_store::write_archive(&image, out, counter.clone())?,
+                    Err(e) => {
+                        tracing::info!(
+                            "{reference}: not read from the layer store ({e:#}); exporting it with docker save"
+                        );
+                        export(docker, out)?
+                    }
+                },
+                Source::File(f) => {
+                    filter_stream(std::io::BufReader::with_capacity(1 << 20, f), out, &plan, counter.clone())?
                 }
-                Source::File(f) => filter_stream(std::io::BufReader::with_capacity(1 << 20, f), out, &plan, counter)?,
             };
             out.into_inner().map_err(|e| e.into_error())?;
             Ok(report)
@@ -746,6 +768,8 @@ pub fn verify_id(image: &BuiltImage, target_id: Option<&str>) -> Result<()> {
         ),
     }
 }
+
+pub mod layer_store;
 
 #[cfg(test)]
 mod tests;
