@@ -126,10 +126,59 @@ pub fn parse_image_ls(stdout: &str, prefix: &str) -> Vec<String> {
     refs
 }
 
-/// Images whose repository starts with `prefix`, inspected.
+/// The `(reference, image ID as listed)` pairs of [`parse_image_ls`]'s references.
+pub fn parse_image_ls_ids(stdout: &str, prefix: &str) -> Vec<(String, String)> {
+    let refs = parse_image_ls(stdout, prefix);
+    let mut pairs: Vec<(String, String)> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<RawLsLine>(l.trim()).ok())
+        .filter(|l| !l.id.is_empty())
+        .map(|l| {
+            let r = if l.tag.is_empty() || l.tag == "<none>" {
+                l.id.clone()
+            } else {
+                format!("{}:{}", l.repository, l.tag)
+            };
+            (r, l.id)
+        })
+        .filter(|(r, _)| refs.binary_search(r).is_ok())
+        .collect();
+    pairs.sort();
+    pairs.dedup();
+    pairs
+}
+
+/// Images whose repository starts with `prefix`, inspected: all the listed
+/// image IDs in one `docker image inspect` (one round trip however many
+/// releases are kept); one reference at a time when that does not answer
+/// for every ID (an image removed in between).
 pub fn list(host: &Host, prefix: &[String], repo_prefix: &str) -> Result<Vec<ImageInfo>, PluginError> {
     let res = host.run_ok(&argv(prefix, &["image", "ls", "--format", "{{json .}}"]))?;
-    let refs = parse_image_ls(&res.stdout, repo_prefix);
+    let pairs = parse_image_ls_ids(&res.stdout, repo_prefix);
+    if pairs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut ids: Vec<&str> = pairs.iter().map(|(_, id)| id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    let mut args = vec!["image", "inspect"];
+    args.extend(&ids);
+    let res = host.run(&argv(prefix, &args))?;
+    if res.success() {
+        let found = parse_image_inspect(&res.stdout, "")?;
+        let of = |listed: &str| {
+            let listed = listed.strip_prefix("sha256:").unwrap_or(listed);
+            found.iter().find(|i| {
+                i.id.as_deref().is_some_and(|id| id.strip_prefix("sha256:").unwrap_or(id).starts_with(listed))
+            })
+        };
+        let infos: Option<Vec<ImageInfo>> =
+            pairs.iter().map(|(r, id)| of(id).map(|i| ImageInfo { reference: r.clone(), ..i.clone() })).collect();
+        if let Some(infos) = infos {
+            return Ok(infos);
+        }
+    }
+    let refs: Vec<String> = pairs.into_iter().map(|(r, _)| r).collect();
     Ok(inspect(host, prefix, &refs)?.into_iter().filter(|i| i.id.is_some()).collect())
 }
 

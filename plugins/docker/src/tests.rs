@@ -333,17 +333,50 @@ fn list_filters_by_prefix_then_inspects() {
     .join("\n");
     assert_eq!(images::parse_image_ls(&ls, "cultivate-"), vec!["cultivate-database:latest"]);
     let fake = FakeHost::new().ok("docker image ls", &ls).ok(
-        "docker image inspect cultivate-database:latest",
-        r#"[{"Id":"sha256:0c94","RootFS":{"Layers":["sha256:a"]}}]"#,
+        "docker image inspect 0c94d737ccc9",
+        r#"[{"Id":"sha256:0c94d737ccc9ff","RootFS":{"Layers":["sha256:a"]}}]"#,
     );
     let infos = call::<ops::ImageList>(&fake, &ops::ImageListRequest { prefix: "cultivate-".into() }).unwrap();
     assert_eq!(infos.len(), 1);
     assert_eq!(infos[0].reference, "cultivate-database:latest");
-    assert_eq!(infos[0].id.as_deref(), Some("sha256:0c94"));
-    assert_eq!(
-        fake.commands(),
-        vec!["docker image ls --format '{{json .}}'", "docker image inspect cultivate-database:latest"]
+    assert_eq!(infos[0].id.as_deref(), Some("sha256:0c94d737ccc9ff"));
+    assert_eq!(fake.commands(), vec!["docker image ls --format '{{json .}}'", "docker image inspect 0c94d737ccc9"]);
+}
+
+#[test]
+fn list_inspects_every_listed_image_in_one_command() {
+    let ls = [
+        r#"{"ID":"aaaa11112222","Repository":"shop-backend","Tag":"v1"}"#,
+        r#"{"ID":"aaaa11112222","Repository":"shop-backend","Tag":"v2"}"#,
+        r#"{"ID":"bbbb33334444","Repository":"shop-database","Tag":"v1"}"#,
+    ]
+    .join("\n");
+    let fake = FakeHost::new().ok("docker image ls", &ls).ok(
+        "docker image inspect aaaa11112222 bbbb33334444",
+        r#"[{"Id":"sha256:aaaa11112222f","RootFS":{"Layers":["sha256:a"]}},
+            {"Id":"sha256:bbbb33334444f","RootFS":{"Layers":["sha256:b"]}}]"#,
     );
+    let infos = call::<ops::ImageList>(&fake, &ops::ImageListRequest { prefix: "shop-".into() }).unwrap();
+    let got: Vec<(&str, &str)> = infos.iter().map(|i| (i.reference.as_str(), i.id.as_deref().unwrap())).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("shop-backend:v1", "sha256:aaaa11112222f"),
+            ("shop-backend:v2", "sha256:aaaa11112222f"),
+            ("shop-database:v1", "sha256:bbbb33334444f")
+        ]
+    );
+    assert_eq!(fake.commands().len(), 2);
+    // An image gone between the two commands: one reference at a time.
+    let fake = FakeHost::new()
+        .ok("docker image ls", &ls)
+        .fail("docker image inspect aaaa11112222 bbbb33334444", 1, "Error: No such image: bbbb33334444")
+        .ok("docker image inspect shop-backend:v1", r#"[{"Id":"sha256:aaaa11112222f"}]"#)
+        .ok("docker image inspect shop-backend:v2", r#"[{"Id":"sha256:aaaa11112222f"}]"#)
+        .fail("docker image inspect shop-database:v1", 1, "Error: No such image: shop-database:v1");
+    let infos = call::<ops::ImageList>(&fake, &ops::ImageListRequest { prefix: "shop-".into() }).unwrap();
+    assert_eq!(infos.len(), 2);
+    assert_eq!(fake.commands().len(), 5);
 }
 
 #[test]
