@@ -4,6 +4,7 @@
 //! 2. Resolve settings ([`settings`]) and run one operation ([`commands`]).
 //! 3. Map the error, if any, to an exit code in one place ([`error::exit_code`]).
 
+mod batch;
 mod certs;
 mod certs_check;
 mod checks;

@@ -46,19 +46,7 @@ use crate::pipeline::state::{self, ENV_MARK, RELEASE_MARK};
 pub fn register_from_target(session: &Session, layout: &Layout) -> Option<state::TargetState> {
     let script = state::script(layout, true);
     match session.run(&ExecRequest::shell(script).private_output().timeout_secs(60)) {
-        Ok(out) if out.success() => {
-            let values = secret_values(&out.stdout);
-            tracing::debug!("{} secret values of the releases on the target registered for redaction", values.len());
-            crate::redact::register(values);
-            let state = state::parse(&out.stdout);
-            tracing::debug!(
-                "deployment on the target: current {:?}, releases {:?}, stopped {}",
-                state.current,
-                state.releases,
-                state.stopped
-            );
-            Some(state)
-        }
+        Ok(out) if out.success() => Some(register_from_output(&out.stdout)),
         Ok(out) => {
             tracing::warn!("could not read the releases' .env files (status {})", out.status);
             None
@@ -68,6 +56,24 @@ pub fn register_from_target(session: &Session, layout: &Layout) -> Option<state:
             None
         }
     }
+}
+
+/// Registers the secrets in the output of [`state::script`] with `.env`s
+/// (read by [`register_from_target`], or in `connect`'s first command), and
+/// returns the state it read.
+pub fn register_from_output(out: &str) -> state::TargetState {
+    let values = secret_values(out);
+    tracing::debug!("{} secret values of the releases on the target registered for redaction", values.len());
+    crate::redact::register(values);
+    let state = state::parse(out);
+    tracing::debug!(
+        "deployment on the target: current {:?}, releases {:?}, stopped {}, lock directory {}",
+        state.current,
+        state.releases,
+        state.stopped,
+        if state.locked { "present" } else { "absent" }
+    );
+    state
 }
 
 /// The secret values in the output of the read script: per release, the

@@ -4,7 +4,7 @@
 //! Every command, whichever plugin asks for it, goes through [`Services::exec`],
 //! so `-v` shows each one and its output, with secrets redacted.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use cultivate_plugin_api::{
     LogLevel, PluginError, TargetInfo,
 };
 
+use crate::batch;
 use crate::plugins::Registry;
 use crate::redact;
 use crate::target::{parse_target_info, Target, PROBE_SCRIPT};
@@ -188,6 +189,41 @@ impl Services {
         result
     }
 
+    /// Runs a [`batch::script`] of `count` commands: one command on the
+    /// target, its raw output read as frames. Its output is never logged as
+    /// a whole (it may carry private frames); the caller logs the frames it
+    /// may show. Frames that came whole are returned even when the rest did
+    /// not (a warning says so); only a failure to run it at all is an error.
+    pub fn run_batch(&self, req: &ExecRequest, count: usize) -> Result<BTreeMap<String, ExecOutput>, PluginError> {
+        let conn = self.conn.as_ref().ok_or_else(|| PluginError::invalid("no target connection in this context"))?;
+        tracing::debug!(target: "cultivate::cmd", "$ (batch of {count} commands, one round trip)");
+        tracing::trace!(target: "cultivate::cmd", "  {}", redact::apply(&req.display()));
+        let started = Instant::now();
+        let mut ch = conn.exec(req)?;
+        let mut raw = Vec::new();
+        let mut err_log = LineLog::default();
+        let out = collect_with(ch.as_mut(), req.timeout_secs.map(Duration::from_secs), &mut |is_err, bytes| {
+            if is_err {
+                err_log.feed(true, bytes)
+            } else {
+                raw.extend_from_slice(bytes)
+            }
+        })?;
+        err_log.flush(true);
+        tracing::debug!(target: "cultivate::cmd", "  exit {} in {:.2?}", out.status, started.elapsed());
+        let (frames, problem) = batch::parse(&raw);
+        if let Some(p) = problem {
+            tracing::warn!("{p} (status {}); the commands not answered run one by one", out.status);
+        } else if frames.len() < count {
+            tracing::warn!(
+                "the batch answered {} of {count} commands (status {}); the others run one by one",
+                frames.len(),
+                out.status
+            );
+        }
+        Ok(frames)
+    }
+
     fn run_uncached(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
         let conn = self.conn.as_ref().ok_or_else(|| PluginError::invalid("no target connection in this context"))?;
         tracing::debug!(target: "cultivate::cmd", "$ {}", redact::apply(&req.display()));
@@ -256,12 +292,29 @@ pub struct Session {
     conn: Arc<dyn Connection>,
     services: Arc<Services>,
     host: Host,
+    /// What `connect_with`'s `extra` printed.
+    prefetched: Mutex<Option<ExecOutput>>,
 }
 
 impl Session {
     /// Connects through the transport the target implies (or `--transport`),
     /// then verifies the connection by running a command (P16) and probes the OS.
     pub fn connect(registry: &Registry, target: &Target, opts: &ConnectOptions) -> Result<Session> {
+        Session::connect_with(registry, target, opts, None)
+    }
+
+    /// [`Session::connect`], where the first command also runs every
+    /// runtime plugin's declared probe commands (their answers are
+    /// remembered as this run's, so the probes that follow run nothing) and,
+    /// when given, `extra`: a shell snippet whose output is private (never
+    /// logged), kept for [`Session::take_prefetched`]. `prelude` runs before
+    /// all of them and may set variables `extra` uses.
+    pub fn connect_with(
+        registry: &Registry,
+        target: &Target,
+        opts: &ConnectOptions,
+        extra: Option<(&str, &str)>,
+    ) -> Result<Session> {
         let plugin = registry.select_transport(target.scheme(), opts.transport.as_deref())?;
         let name = plugin.manifest().name.clone();
         let log_host = Host::new(Arc::new(Services::new(None))).for_plugin(&name);
@@ -272,9 +325,39 @@ impl Session {
         let peer = conn.info().peer;
         let services = Arc::new(Services::new(Some(conn.clone())));
         let host = Host::new(services.clone());
-        let out = services
-            .run(&ExecRequest::shell(PROBE_SCRIPT).timeout_secs(30))
-            .with_context(|| format!("connected to {target}, but running a first command failed"))?;
+        // The probe commands the runtimes declared, each once.
+        let mut probes: Vec<(String, ExecRequest)> = Vec::new();
+        for p in registry.of_kind(cultivate_plugin_api::PluginKind::Runtime) {
+            for req in &p.manifest().probe_commands {
+                if let Some(key) = stable_key(req) {
+                    if !probes.iter().any(|(k, _)| *k == key) {
+                        probes.push((key, req.clone()));
+                    }
+                }
+            }
+        }
+        let mut commands = vec![batch::Command { id: "os".into(), shell: PROBE_SCRIPT.to_string() }];
+        for (i, (_, req)) in probes.iter().enumerate() {
+            commands.push(batch::Command { id: format!("p{i}"), shell: batch::shell_line(req) });
+        }
+        if let Some((_, snippet)) = extra {
+            commands.push(batch::Command { id: "extra".into(), shell: snippet.to_string() });
+        }
+        let script = batch::script(extra.map(|(prelude, _)| prelude).unwrap_or(""), &commands);
+        let frames = match services.run_batch(&ExecRequest::shell(script).timeout_secs(60), commands.len()) {
+            Ok(frames) => frames,
+            Err(e) => {
+                tracing::warn!("the batched probe failed ({e}): probing one command at a time");
+                BTreeMap::new()
+            }
+        };
+        let out = match frames.get("os") {
+            Some(out) => out.clone(),
+            // Not answered in the batch: the OS probe alone, as before batching.
+            None => services
+                .run(&ExecRequest::shell(PROBE_SCRIPT).timeout_secs(30))
+                .with_context(|| format!("connected to {target}, but running a first command failed"))?,
+        };
         if !out.success() {
             anyhow::bail!(
                 "connected to {target}, but `uname` failed there (status {}): {}",
@@ -282,9 +365,56 @@ impl Session {
                 out.stderr.trim()
             );
         }
+        if let Some(os) = frames.get("os") {
+            tracing::debug!(target: "cultivate::cmd", "  (batched) $ {PROBE_SCRIPT}: exit {}", os.status);
+            for line in os.stdout.lines().chain(os.stderr.lines()) {
+                tracing::debug!(target: "cultivate::cmd", "    | {}", redact::apply(line));
+            }
+        }
+        if let Some(extra) = frames.get("extra") {
+            tracing::debug!(
+                target: "cultivate::cmd",
+                "  (batched) the deployment's state and secrets: exit {} (output not logged: it carries environment values; {} bytes)",
+                extra.status,
+                extra.stdout.len() + extra.stderr.len()
+            );
+        }
+        for (i, (key, req)) in probes.iter().enumerate() {
+            if let Some(answer) = frames.get(&format!("p{i}")) {
+                tracing::debug!(
+                    target: "cultivate::cmd",
+                    "  (batched) $ {}: exit {}",
+                    redact::apply(&req.display()),
+                    answer.status
+                );
+                for line in answer.stdout.lines() {
+                    tracing::debug!(target: "cultivate::cmd", "    | {}", redact::apply(line));
+                }
+                for line in answer.stderr.lines() {
+                    tracing::debug!(target: "cultivate::cmd", "    ! {}", redact::apply(line));
+                }
+                services.memo().insert(key.clone(), answer.clone());
+            }
+        }
+        let prefetched = frames.get("extra").cloned();
         let info = parse_target_info(&out.stdout);
         tracing::info!(target = %target, transport = %name, os = %info.os, arch = %info.arch, "connected");
-        Ok(Session { target: target.clone(), transport: name, peer, info, conn, services, host })
+        Ok(Session {
+            target: target.clone(),
+            transport: name,
+            peer,
+            info,
+            conn,
+            services,
+            host,
+            prefetched: Mutex::new(prefetched),
+        })
+    }
+
+    /// The output of the `extra` snippet given to [`Session::connect_with`]
+    /// (once; `None` after, or when it did not run to its end).
+    pub fn take_prefetched(&self) -> Option<ExecOutput> {
+        self.prefetched.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// The host handle to give plugins.

@@ -68,6 +68,7 @@ pub fn manifest(name: &str, version: &str, kinds: &[PluginKind]) -> Manifest {
         target_os: Vec::new(),
         schemes: Vec::new(),
         operations: Vec::new(),
+        probe_commands: Vec::new(),
     }
 }
 

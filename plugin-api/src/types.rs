@@ -77,6 +77,16 @@ pub struct Manifest {
     /// Names of the operations ([`crate::ops`]) it implements.
     #[serde(default)]
     pub operations: Vec<String>,
+    /// For runtimes: the commands its [`crate::Plugin::probe`] runs first,
+    /// each marked [`ExecRequest::stable_output`] and without stdin. A host
+    /// may run them all, with its own probe of the OS, in one command on the
+    /// target before probing, and answer the plugin's own requests from
+    /// those answers (no round trip each). A command the probe then does not
+    /// run costs only its own run time; one it runs that is not listed runs
+    /// as usual. Absent from the JSON when empty, so manifests read the same
+    /// by hosts and plugins built before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probe_commands: Vec<ExecRequest>,
 }
 
 impl Manifest {
@@ -415,6 +425,30 @@ impl LogLevel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `probe_commands` changes nothing on the wire for plugins and hosts
+    /// built before it: a manifest without it parses (empty), and an empty
+    /// list is left out of the JSON.
+    #[test]
+    fn probe_commands_keep_the_manifest_wire_format() {
+        let old = r#"{"name":"x","version":"1.0.0","api_version":"1.0.0","kinds":["runtime"]}"#;
+        let m: Manifest = serde_json::from_str(old).unwrap();
+        assert!(m.probe_commands.is_empty());
+        assert!(!serde_json::to_string(&m).unwrap().contains("probe_commands"));
+        let mut m = m;
+        m.probe_commands = vec![ExecRequest::new(["docker", "version"]).stable_output()];
+        let text = serde_json::to_string(&m).unwrap();
+        let back: Manifest = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, m);
+        // A host built before the field reads the manifest as it did.
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct OldManifest {
+            name: String,
+            kinds: Vec<PluginKind>,
+        }
+        let _: OldManifest = serde_json::from_str(&text).unwrap();
+    }
 
     /// `private_output` changes nothing on the wire for plugins built before it:
     /// their requests (without the field) parse, and a request that does not

@@ -113,6 +113,25 @@ impl Run {
         self
     }
 
+    /// The commands the run started on the target, counted in its `-v`
+    /// log as `scripts/measure-round-trips.sh` counts them: every `exit N
+    /// in` (a collected command), `put` (a file written) and `< (stream)`.
+    /// A command answered from memory, or inside a batch, is not one.
+    pub fn target_commands(&self) -> Vec<String> {
+        self.stderr
+            .lines()
+            .map(strip_ansi)
+            .filter(|l| {
+                let rest = l.split_once(" DEBUG ").map(|(_, r)| r.trim_start()).unwrap_or("");
+                let exit = rest.strip_prefix("exit ").is_some_and(|r| {
+                    let mut w = r.split(' ');
+                    w.next().is_some_and(|n| n.parse::<i32>().is_ok()) && w.next() == Some("in")
+                });
+                exit || rest.starts_with("put ") || l.contains("< (stream)")
+            })
+            .collect()
+    }
+
     /// stdout as JSON (with `--json`).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
@@ -851,4 +870,23 @@ pub fn engine_can_exec(via: &Via, image: &str, program: &str) -> Result<(), Stri
         )),
         Err(e) => Err(format!("running the exec probe: {e}")),
     }
+}
+
+/// `text` without ANSI colour sequences.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            chars.next();
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }

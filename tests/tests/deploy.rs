@@ -186,6 +186,16 @@ fn deploy_over_ssh_to_engine_target() {
     assert!(sent * 20 < image_size, "sent {sent} bytes for a {image_size}-byte image");
     assert!(backend["layers_skipped"].as_u64().unwrap_or(0) >= 3, "{report}");
     assert_eq!(report["bytes_sent"].as_u64(), Some(sent), "only the backend was sent: {report}");
+
+    // Nothing changed (issue 13): a few commands on the target, no lock.
+    let again = p.deploy(&["--json", "-v"]);
+    again.expect_code(0);
+    assert_eq!(again.json()["outcome"], "unchanged", "{}", again.output());
+    let commands = again.target_commands();
+    eprintln!("no-op deploy over SSH: {} commands on the target in {:.2?}", commands.len(), again.elapsed);
+    assert!(commands.len() < 8, "a no-op deploy ran {} commands on the target:\n{}", commands.len(), again.output());
+    let unlocked = again.stderr.lines().any(|l| l.contains("$ rm -rf ") && l.trim_end().ends_with("/.lock"));
+    assert!(!unlocked, "a no-op deploy takes no lock, so releases none:\n{}", again.output());
 }
 
 /// A first deploy's images crossed compressed: the bytes sent are at most

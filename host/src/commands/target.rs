@@ -123,7 +123,8 @@ fn repair_if_needed(
     }
     let Some(record) = state.record(current) else { return Ok((Vec::new(), None)) };
     let stack = ctx.stack_ref(current);
-    let hashes = ctx.stack_op::<ops::StackServiceHashes>(&stack)?;
+    // Recorded at deploy time when it can be: no compose process to start.
+    let hashes = ctx.service_hashes(&record)?;
     let running = ctx.stack_op::<ops::StackPs>(&stack)?;
     // Read with the rest of the state by `connect`.
     let edge = state.edge();

@@ -86,10 +86,25 @@ pub fn run(settings: &Settings, printer: &Printer) -> Result<DeployReport> {
     if settings.dry_run {
         return plan(&mut ctx, &version, &secrets);
     }
+    // Nothing changed is found without the lock when it can be (reads only).
+    let built = match unchanged_without_lock(&mut ctx, &version, &secrets) {
+        Ok(Unlocked::Unchanged(report)) => {
+            ctx.session.close();
+            tracing::info!("deploy timings: {}", ctx.timings.summary());
+            let mut report = *report;
+            report.timings = ctx.timings.0.clone();
+            return Ok(report);
+        }
+        Ok(Unlocked::Built(images)) => Ok(images),
+        // Interrupted before the lock: nothing on the target to undo.
+        Err(e) if crate::interrupt::received().is_some() => return Err(e),
+        // A failed build: reported, and logged on the target, as under the lock.
+        Err(e) => Err(e),
+    };
     let start = std::time::Instant::now();
     ctx.lock(&format!("deploy of {version}")).map_err(|e| super::explain_disk_full(&ctx, e))?;
     ctx.timings.record(Stage::Lock, start);
-    let result = deploy_locked(&mut ctx, &version, &secrets);
+    let result = built.and_then(|built| deploy_locked(&mut ctx, &version, &secrets, built));
     let result = match result {
         Err(e) if crate::interrupt::received().is_some() => Err(interrupted(&mut ctx, &version, e)),
         Err(e) => Err(super::explain_disk_full(&ctx, e)),
@@ -264,6 +279,7 @@ fn dry_run_services(
             previous: None,
             runtime: BTreeMap::new(),
             secret_keys: None,
+            config_hashes: BTreeMap::new(),
         };
         Ok(switch::plan(&record, &hashes, &running, &edge))
     })();
@@ -302,7 +318,107 @@ pub fn desired_images(
     (out, site)
 }
 
-fn deploy_locked(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, String>) -> Result<DeployReport> {
+/// What [`unchanged_without_lock`] found.
+enum Unlocked {
+    /// The current release is this one and runs as recorded: done.
+    Unchanged(Box<DeployReport>),
+    /// Something to do (or it could not tell without the lock): the images,
+    /// when it built them, go on to the locked deploy.
+    Built(Option<Vec<BuiltImage>>),
+}
+
+/// A deploy that changes nothing needs no lock: when `connect`'s read says
+/// no lock is there (none held, none left by a run that died: that one takes
+/// the locked path, which heals it), nothing is stopped, and the current
+/// release is healthy, the images are built here (locally: nothing on the
+/// target), and when the fingerprint is the current release's and its
+/// containers run as its record says (one each, healthy, its images, its
+/// configuration when the record holds the hashes, the edge on its backend),
+/// the deploy ends here having changed nothing: no lock taken, no log written.
+/// Anything else goes the usual way, under the lock, which reads the state
+/// again: what was read here decides nothing there.
+fn unchanged_without_lock(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, String>) -> Result<Unlocked> {
+    if ctx.settings.build_mode != BuildMode::Local {
+        return Ok(Unlocked::Built(None));
+    }
+    let Some(state) = ctx.state.clone() else { return Ok(Unlocked::Built(None)) };
+    let Some(rec) = state.current_record() else { return Ok(Unlocked::Built(None)) };
+    if state.locked
+        || state.stopped
+        || rec.status != ReleaseStatus::Healthy
+        || state.current.as_deref() != Some(rec.version.as_str())
+        || state.releases.iter().any(|r| r == version)
+    {
+        return Ok(Unlocked::Built(None));
+    }
+    crate::interrupt::check()?;
+    ctx.status(&format!("building release {version}"));
+    let images = build_images(ctx, version)?;
+    crate::interrupt::check()?;
+    let (desired, _) = desired_images(&images, Some(&rec));
+    let files = config_files(ctx, version, secrets, &desired)?;
+    if fingerprint(&images, &files) != rec.fingerprint {
+        return Ok(Unlocked::Built(Some(images)));
+    }
+    let states = ctx.stack_op::<ops::StackPs>(&ctx.stack_ref(&rec.version))?;
+    let hashes = ctx.recorded_hashes(&rec);
+    if !runs_as_recorded(&rec, &states, &state.edge(), hashes.as_ref(), switch::supported(ctx)) {
+        tracing::info!("release {} is current but does not run as recorded: deploying under the lock", rec.version);
+        return Ok(Unlocked::Built(Some(images)));
+    }
+    untag_local(&images);
+    ctx.printer.success(&format!("nothing changed: release {} is current and healthy", rec.version));
+    Ok(Unlocked::Unchanged(Box::new(unchanged_report(&rec, state.current.clone()))))
+}
+
+/// The report of a deploy that found nothing to do.
+fn unchanged_report(rec: &ReleaseRecord, previous: Option<String>) -> DeployReport {
+    DeployReport {
+        version: rec.version.clone(),
+        outcome: "unchanged".into(),
+        previous,
+        services: SERVICES
+            .iter()
+            .map(|s| ServicePlan { service: s.to_string(), action: Action::Unchanged, reason: None, outage_secs: None })
+            .collect(),
+        ..DeployReport::default()
+    }
+}
+
+/// True when `states` are `rec`'s release running as recorded: one
+/// container per service, all healthy, each running its service's image;
+/// with the configuration hashes (`hashes`) and a switching stack, the
+/// switch's own plan finds nothing to do (configuration, edge, site).
+pub fn runs_as_recorded(
+    rec: &ReleaseRecord,
+    states: &[ops::ServiceState],
+    edge: &switch::EdgeState,
+    hashes: Option<&BTreeMap<String, String>>,
+    switching: bool,
+) -> bool {
+    let one_each = SERVICES.iter().all(|s| states.iter().filter(|c| c.service == *s).count() == 1);
+    let images =
+        states.iter().all(|s| rec.images.get(&s.service).is_some_and(|i| s.image_id.as_deref() == Some(i.id.as_str())));
+    let healthy = super::health::judge(&SERVICES, states) == super::health::Verdict::Healthy;
+    if !(one_each && images && healthy) {
+        return false;
+    }
+    match hashes {
+        Some(h) if switching => switch::plan(rec, h, states, edge).iter().all(|p| p.action == Action::Unchanged),
+        // Without the hashes: the edge must at least point at the one backend.
+        _ => {
+            let backend = states.iter().find(|s| s.service == "backend").map(|s| s.container.as_str());
+            !switching || edge.backend.is_none() || edge.backend.as_deref() == backend
+        }
+    }
+}
+
+fn deploy_locked(
+    ctx: &mut Ctx<'_>,
+    version: &str,
+    secrets: &BTreeMap<String, String>,
+    built: Option<Vec<BuiltImage>>,
+) -> Result<DeployReport> {
     let settings = ctx.settings;
     // Read in the command that took the lock (one round trip for all of it).
     let state = match ctx.state.clone() {
@@ -319,8 +435,13 @@ fn deploy_locked(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, St
     // Build.
     let what = format!("deploy of {version}");
     ctx.checkpoint(&what)?;
-    ctx.status(&format!("building release {version}"));
-    let images = build_images(ctx, version)?;
+    let images = match built {
+        Some(images) => images,
+        None => {
+            ctx.status(&format!("building release {version}"));
+            build_images(ctx, version)?
+        }
+    };
     ctx.checkpoint(&what)?;
 
     // Configuration and fingerprint: nothing changed means nothing to do.
@@ -387,6 +508,7 @@ fn deploy_locked(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, St
             ("stack".to_string(), ctx.stack.manifest().name.clone()),
         ]),
         secret_keys: Some(secrets.keys().cloned().collect()),
+        config_hashes: BTreeMap::new(),
     };
     let stack = ctx.stack_ref(version);
     ctx.stack_op::<ops::StackConfig>(&stack).context("the compose file or .env of the new release is not valid")?;
@@ -412,6 +534,7 @@ fn deploy_locked(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<String, St
     // Commit.
     let start = std::time::Instant::now();
     record.status = ReleaseStatus::Healthy;
+    ctx.keep_hashes(&mut record);
     ctx.write_record(&record)?;
     ctx.set_current(version)?;
     prune(ctx, version, current.as_deref());
@@ -1155,7 +1278,73 @@ mod tests {
             previous: None,
             runtime: BTreeMap::new(),
             secret_keys: None,
+            config_hashes: BTreeMap::new(),
         }
+    }
+
+    fn running(service: &str, container: &str, image: &str, hash: &str) -> ops::ServiceState {
+        ops::ServiceState {
+            service: service.into(),
+            container: container.into(),
+            state: "running".into(),
+            health: Some("healthy".into()),
+            image_id: Some(format!("sha256:{image}")),
+            config_hash: Some(hash.into()),
+            started_at: Some("2026-11-29T00:00:00Z".into()),
+            ..ops::ServiceState::default()
+        }
+    }
+
+    /// The read-only no-op check: only the release running exactly as
+    /// recorded counts as unchanged.
+    #[test]
+    fn only_a_release_running_as_recorded_is_unchanged() {
+        let v1 = [
+            built("database", "v1", "d1", &["base", "pg"]),
+            built("backend", "v1", "b1", &["base", "node", "app1"]),
+            built("frontend", "v1", "f1", &["base", "nginx", "site1"]),
+        ];
+        let rec = current(&v1);
+        let states = vec![
+            running("database", "db1", "d1", "h1"),
+            running("backend", "be1", "b1", "h2"),
+            running("frontend", "fe1", "f1", "h3"),
+        ];
+        let hashes = BTreeMap::from([
+            ("database".to_string(), "h1".to_string()),
+            ("backend".to_string(), "h2".to_string()),
+            ("frontend".to_string(), "h3".to_string()),
+        ]);
+        let edge = switch::EdgeState {
+            backend: Some("be1".into()),
+            site: Some(switch::site_id(&rec.site.as_ref().unwrap().id)),
+        };
+        assert!(runs_as_recorded(&rec, &states, &edge, Some(&hashes), true));
+        assert!(runs_as_recorded(&rec, &states, &edge, None, true), "without hashes: images and edge");
+        assert!(runs_as_recorded(&rec, &states, &switch::EdgeState::default(), None, false));
+
+        // Another configuration (a hash), another image, an unhealthy or a
+        // second backend, the edge on another backend, another site: not unchanged.
+        let mut other_hash = hashes.clone();
+        other_hash.insert("backend".into(), "h9".into());
+        assert!(!runs_as_recorded(&rec, &states, &edge, Some(&other_hash), true));
+        let mut other_image = states.clone();
+        other_image[1].image_id = Some("sha256:b2".into());
+        assert!(!runs_as_recorded(&rec, &other_image, &edge, None, true));
+        let mut unhealthy = states.clone();
+        unhealthy[0].health = Some("unhealthy".into());
+        assert!(!runs_as_recorded(&rec, &unhealthy, &edge, Some(&hashes), true));
+        let mut two = states.clone();
+        two.push(running("backend", "be2", "b1", "h2"));
+        assert!(!runs_as_recorded(&rec, &two, &edge, Some(&hashes), true));
+        let elsewhere = switch::EdgeState { backend: Some("be0".into()), ..edge.clone() };
+        assert!(!runs_as_recorded(&rec, &states, &elsewhere, Some(&hashes), true));
+        assert!(!runs_as_recorded(&rec, &states, &elsewhere, None, true));
+        let old_site = switch::EdgeState { site: Some("0123".into()), ..edge.clone() };
+        assert!(!runs_as_recorded(&rec, &states, &old_site, Some(&hashes), true));
+        let mut unknown = states.clone();
+        unknown[2].image_id = None;
+        assert!(!runs_as_recorded(&rec, &unknown, &edge, None, true), "an image it cannot tell");
     }
 
     #[test]

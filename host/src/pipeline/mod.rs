@@ -160,6 +160,8 @@ pub struct Ctx<'a> {
     /// command that takes the lock. What the run itself changes afterwards
     /// is not in it: callers use it for what they read right after.
     pub state: Option<state::TargetState>,
+    /// The configuration hashes the last switch asked compose for: `(version, hashes)`.
+    pub hashes: Option<(String, std::collections::BTreeMap<String, String>)>,
     /// The image runtime plugin.
     pub images: LoadedPlugin,
     /// The stack runtime plugin.
@@ -214,6 +216,50 @@ impl<'a> Ctx<'a> {
             return Ok(None);
         }
         Ok(out.stdout.trim().rsplit('/').next().map(str::to_string).filter(|v| crate::settings::valid_version(v)))
+    }
+
+    /// The stack runtime as its configuration hashes depend on it: its
+    /// version and compose flavour (`1.29.2 v1`), when it said.
+    pub fn stack_runtime_version(&self) -> Option<String> {
+        let probe = self.runtimes.stack.probe.as_ref().ok()?;
+        let version = probe.version.clone()?;
+        Some(match probe.details.get("flavour") {
+            Some(f) => format!("{version} {f}"),
+            None => version,
+        })
+    }
+
+    /// The configuration hashes `record` holds, when they are valid for this
+    /// run's stack runtime (the same plugin, version and flavour recorded them).
+    pub fn recorded_hashes(&self, record: &ReleaseRecord) -> Option<std::collections::BTreeMap<String, String>> {
+        let same_plugin = record.runtime.get("stack") == Some(&self.stack.manifest().name);
+        let recorded = record.runtime.get("stack_version");
+        let same_version = recorded.is_some() && recorded.cloned() == self.stack_runtime_version();
+        (!record.config_hashes.is_empty() && same_plugin && same_version).then(|| record.config_hashes.clone())
+    }
+
+    /// A release's configuration hashes: those its record holds (see
+    /// [`Ctx::recorded_hashes`]), else compose's answer now.
+    pub fn service_hashes(&self, record: &ReleaseRecord) -> Result<std::collections::BTreeMap<String, String>> {
+        if let Some(h) = self.recorded_hashes(record) {
+            tracing::debug!("configuration hashes of release {} from its record", record.version);
+            return Ok(h);
+        }
+        self.stack_op::<ops::StackServiceHashes>(&self.stack_ref(&record.version))
+    }
+
+    /// Keeps in `record` the configuration hashes the switch to it used,
+    /// with the stack runtime they are valid for.
+    pub fn keep_hashes(&self, record: &mut ReleaseRecord) {
+        match &self.hashes {
+            Some((v, h)) if *v == record.version && !h.is_empty() => {
+                if let Some(rv) = self.stack_runtime_version() {
+                    record.config_hashes = h.clone();
+                    record.runtime.insert("stack_version".to_string(), rv);
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Reads the deployment's state in one command (see [`state`]).
@@ -435,7 +481,11 @@ pub fn connect<'a>(settings: &'a Settings, printer: &'a Printer, install_deps: b
     printer.status(&format!("connecting to {target}"));
     let flags = crate::cli::TargetArgs::default();
     let opts = crate::settings::connect_options(&flags, Some(settings));
-    let session = timings.time(Stage::Connect, || Session::connect(&registry, &target, &opts))?;
+    // The first command also probes the runtimes and reads the deployment
+    // (with its secrets): one round trip for what used to take six.
+    let (prelude, read_state) = state::prefetch(settings.deploy_path.as_deref());
+    let session = timings
+        .time(Stage::Connect, || Session::connect_with(&registry, &target, &opts, Some((&prelude, &read_state))))?;
     log.record(
         "INFO",
         &format!("connected to {target} via {} ({} {})", session.transport, session.info.os, session.info.arch),
@@ -493,7 +543,12 @@ pub fn connect<'a>(settings: &'a Settings, printer: &'a Printer, install_deps: b
         }
     }
     let layout = Layout::new(&deploy_path(settings, &session)?);
-    let state = crate::secrets::register_from_target(&session, &layout);
+    let prefetched = session.take_prefetched().filter(|o| o.success());
+    let state = match prefetched.as_ref().and_then(|o| state::prefetched(&o.stdout, &layout.root)) {
+        Some(out) => Some(crate::secrets::register_from_output(out)),
+        // Another directory than the one the first command guessed (or it did not run): read it now.
+        None => crate::secrets::register_from_target(&session, &layout),
+    };
     Ok(Ctx {
         settings,
         printer,
@@ -505,6 +560,7 @@ pub fn connect<'a>(settings: &'a Settings, printer: &'a Printer, install_deps: b
         log,
         timings,
         state,
+        hashes: None,
     })
 }
 

@@ -11,6 +11,7 @@
 //! ```text
 //! @@cultivate-current releases/V      (what `current` links to; empty when none)
 //! @@cultivate-stopped yes|no
+//! @@cultivate-locked yes|no           whether the lock directory exists
 //! @@cultivate-edge                    then edge/backend's first line, an empty line, edge/site's link
 //! @@cultivate-release V               then V's release.json (nothing when missing)
 //! @@cultivate-env V                   then V's .env (only with secrets)
@@ -32,6 +33,10 @@ use super::release::{self, Layout, ReleaseRecord};
 pub const CURRENT_MARK: &str = "@@cultivate-current ";
 /// Marker of the stop marker's presence.
 pub const STOPPED_MARK: &str = "@@cultivate-stopped ";
+/// Marker of the lock directory's presence.
+pub const LOCKED_MARK: &str = "@@cultivate-locked ";
+/// Marker of the deploy directory the prefetch read ([`prefetch`]).
+pub const ROOT_MARK: &str = "@@cultivate-root ";
 /// Marker of the edge directory's state (the text [`super::switch::parse_edge`] reads).
 pub const EDGE_MARK: &str = "@@cultivate-edge";
 /// Marker of a release's record (shared with [`crate::secrets`]).
@@ -46,6 +51,9 @@ pub struct TargetState {
     pub current: Option<String>,
     /// `cultivate stop` left its marker.
     pub stopped: bool,
+    /// The lock directory exists (held, or left by a run that died): when
+    /// read by `connect`, before any lock of this run.
+    pub locked: bool,
     /// Release directories, oldest first (as [`release::parse_release_list`]).
     pub releases: Vec<String>,
     /// Each release's `release.json` as read (missing ones left out).
@@ -80,11 +88,13 @@ pub fn script(layout: &Layout, envs: bool) -> String {
     format!(
         "printf '{CURRENT_MARK}%s\\n' \"$(readlink {current} 2>/dev/null)\"; \
          if [ -e {stopped} ]; then printf '{STOPPED_MARK}yes\\n'; else printf '{STOPPED_MARK}no\\n'; fi; \
+         if [ -e {lock} ]; then printf '{LOCKED_MARK}yes\\n'; else printf '{LOCKED_MARK}no\\n'; fi; \
          printf '{EDGE_MARK}\\n'; cat {edge}/backend 2>/dev/null | head -n 1; echo; readlink {edge}/site 2>/dev/null; \
          cd {releases} 2>/dev/null && for d in */; do [ -d \"$d\" ] || continue; v=${{d%/}}; \
          printf '\\n{RELEASE_MARK}%s\\n' \"$v\"; cat \"$v/release.json\" 2>/dev/null; {env_part}done; true",
         current = q(&layout.current()),
         stopped = q(&layout.stopped()),
+        lock = q(&layout.lock()),
         edge = q(&layout.edge()),
         releases = q(&layout.releases()),
     )
@@ -122,6 +132,9 @@ pub fn parse(out: &str) -> TargetState {
         } else if let Some(flag) = line.strip_prefix(STOPPED_MARK) {
             close(&mut section, &mut state.records);
             state.stopped = flag.trim() == "yes";
+        } else if let Some(flag) = line.strip_prefix(LOCKED_MARK) {
+            close(&mut section, &mut state.records);
+            state.locked = flag.trim() == "yes";
         } else if let Some(v) = line.strip_prefix(RELEASE_MARK) {
             close(&mut section, &mut state.records);
             listed.push(v.to_string());
@@ -144,6 +157,40 @@ pub fn parse(out: &str) -> TargetState {
     state.releases = release::parse_release_list(&listed.join("\n"));
     state.records.retain(|v, _| state.releases.contains(v));
     state
+}
+
+/// The state read (with the `.env`s) as the first command of a run can
+/// run it, before the host knows the target's OS or home: `(prelude,
+/// snippet)` for [`crate::session::Session::connect_with`]. The prelude
+/// works out the deploy directory as [`super::deploy_path`] will (from
+/// `deploy_path`, the OS and `$HOME`); the snippet prints it after
+/// [`ROOT_MARK`], then [`script`]'s sections. [`prefetched`] takes the
+/// sections only when that directory is the one the host then works out.
+pub fn prefetch(deploy_path: Option<&str>) -> (String, String) {
+    let (linux, mac) = match deploy_path {
+        Some(p) => (p, p),
+        None => (crate::settings::DEFAULT_DEPLOY_PATH_LINUX, crate::settings::DEFAULT_DEPLOY_PATH_MACOS),
+    };
+    let prelude = format!(
+        "case \"$(uname -s 2>/dev/null)\" in Darwin) r={mac};; *) r={linux};; esac\n\
+         case \"$r\" in \\~/*) h=${{HOME:-/root}}; while [ \"$h\" != \"${{h%/}}\" ]; do h=${{h%/}}; done; \
+         r=\"$h/${{r#\\~/}}\";; esac",
+        mac = q(mac),
+        linux = q(linux),
+    );
+    let snippet = format!(
+        "printf '{ROOT_MARK}%s\\n' \"$r\"; cd \"$r\" 2>/dev/null || exit 0\n{}",
+        script(&Layout::new("."), true)
+    );
+    (prelude, snippet)
+}
+
+/// The output of [`prefetch`]'s snippet when it read `root` (else `None`):
+/// what [`script`] with `.env`s would print there.
+pub fn prefetched<'o>(out: &'o str, root: &str) -> Option<&'o str> {
+    let (first, rest) = out.split_once('\n').unwrap_or((out, ""));
+    let read = first.strip_prefix(ROOT_MARK)?;
+    (read.trim_end_matches('/') == root.trim_end_matches('/')).then_some(rest)
 }
 
 #[cfg(test)]
@@ -225,6 +272,47 @@ mod tests {
             assert_eq!(s.edge().backend.as_deref(), Some("p-backend-2"));
             assert_eq!(s.edge().site.as_deref(), Some("0123"));
         }
+    }
+
+    /// The prefetch, run by a real shell with a `HOME`, reads the directory
+    /// `deploy_path` names there (`~/…` expanded as the host expands it),
+    /// and its output is taken only for that directory.
+    #[test]
+    fn the_prefetch_finds_the_deploy_directory_as_the_host_does() {
+        let home = tempfile::tempdir().unwrap();
+        let root = home.path().join("apps/cultivate");
+        std::fs::create_dir_all(root.join("releases/v1")).unwrap();
+        std::fs::write(root.join("releases/v1/release.json"), record("v1", "healthy")).unwrap();
+        std::fs::write(root.join("releases/v1/.env"), "S=hidden\n").unwrap();
+        std::os::unix::fs::symlink("releases/v1", root.join("current")).unwrap();
+        std::fs::create_dir(root.join(".lock")).unwrap();
+        let run = |deploy_path: Option<&str>| {
+            let (prelude, snippet) = prefetch(deploy_path);
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("{prelude}\n{snippet}"))
+                .env("HOME", format!("{}//", home.path().display()))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let root_text = root.to_str().unwrap();
+        for path in ["~/apps/cultivate", root_text] {
+            let out = run(Some(path));
+            let state = parse(prefetched(&out, root_text).unwrap_or_else(|| panic!("{path}: {out}")));
+            assert_eq!(state.current.as_deref(), Some("v1"));
+            assert!(state.locked);
+            assert!(out.contains("S=hidden"), "the .env are read (for the secrets)");
+            assert!(prefetched(&out, "/elsewhere").is_none(), "another directory's state is not taken");
+        }
+        // The default: /opt/cultivate on Linux, whatever it holds here.
+        let out = run(None);
+        assert!(prefetched(&out, crate::settings::DEFAULT_DEPLOY_PATH_LINUX).is_some(), "{out}");
+        // A directory that is not there: an empty state.
+        let out = run(Some("~/nothing/here"));
+        let missing = format!("{}/nothing/here", home.path().display());
+        assert_eq!(parse(prefetched(&out, &missing).unwrap()).current, None);
     }
 
     proptest! {

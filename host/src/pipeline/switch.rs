@@ -497,6 +497,7 @@ pub fn converge(
     let hashes = ctx
         .stack_op::<ops::StackServiceHashes>(&stack)
         .context("the compose file or .env of the release is not valid")?;
+    ctx.hashes = Some((version.to_string(), hashes.clone()));
     let running = stack_states(ctx, &stack)?;
     let edge = read_edge(ctx)?;
     let mut plan = plan(record, &hashes, &running, &edge);
@@ -703,6 +704,7 @@ mod tests {
             previous: None,
             runtime: BTreeMap::new(),
             secret_keys: None,
+            config_hashes: BTreeMap::new(),
         }
     }
 

@@ -64,6 +64,7 @@ impl Plugin for ComposePlugin {
         m.priority = PRIORITY;
         m.target_os = vec!["linux".to_string()];
         m.operations = OPERATIONS.iter().map(|s| s.to_string()).collect();
+        m.probe_commands = probe_requests();
         m
     }
 
@@ -223,10 +224,23 @@ pub fn v1_version_request() -> ExecRequest {
     ExecRequest::shell(V1_VERSION_SCRIPT)
 }
 
+/// `docker compose version --short` as [`find_compose`] runs it (stable).
+pub fn v2_version_request() -> ExecRequest {
+    ExecRequest::new(["docker", "compose", "version", "--short"]).stable_output()
+}
+
+/// The commands [`probe_compose`] runs first (the manifest's `probe_commands`):
+/// a host that runs them in one command with its OS probe answers the
+/// probe, and every later flavour detection in the run, without a round trip.
+/// The long `docker-compose version`, run only when `--short` fails, is left out.
+pub fn probe_requests() -> Vec<ExecRequest> {
+    vec![v2_version_request(), v1_version_request().stable_output()]
+}
+
 /// Finds Compose on the target, v2 (`docker compose`) first, then
 /// `docker-compose` (whose major version decides its dialect).
 pub fn find_compose(host: &Host) -> Result<Option<Found>, PluginError> {
-    if let Some(out) = run_quiet(host, &["docker", "compose", "version", "--short"])? {
+    if let Some(out) = run_request(host, v2_version_request())? {
         if out.success() {
             if let Some(v) = parse_compose_version(&out.stdout) {
                 return Ok(Some(Found {

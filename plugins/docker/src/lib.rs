@@ -54,6 +54,7 @@ impl Plugin for DockerPlugin {
         m.priority = PRIORITY;
         m.target_os = vec!["linux".to_string()];
         m.operations = OPERATIONS.iter().map(|s| s.to_string()).collect();
+        m.probe_commands = vec![version_request(), info_request()];
         m
     }
 
@@ -171,11 +172,23 @@ fn is_command_missing(status: i32, stderr: &str) -> bool {
         || (s.contains("docker") && s.contains("no such file or directory"))
 }
 
+/// `docker version --format '{{json .}}'`, as the probe runs it (stable).
+pub fn version_request() -> ExecRequest {
+    ExecRequest::new(["docker", "version", "--format", "{{json .}}"]).stable_output()
+}
+
+/// `docker info` as the probe runs it ([`images::info_command`], stable).
+pub fn info_request() -> ExecRequest {
+    images::info_command(&docker()).stable_output()
+}
+
 /// Probes the Docker engine: available only when the daemon answers with a
 /// version of at least [`MIN_DOCKER`].
 pub fn probe_docker(host: &Host) -> Result<Probe, PluginError> {
-    // Both queries are marked stable: a host that remembers such answers asks once per run.
-    let res = match host.exec(&ExecRequest::new(["docker", "version", "--format", "{{json .}}"]).stable_output()) {
+    // Both queries are marked stable, and listed in the manifest's
+    // `probe_commands`: a host that batches them asks once per run, with the
+    // OS probe, in one command.
+    let res = match host.exec(&version_request()) {
         Ok(res) => res,
         Err(e) if e.kind == ErrorKind::Io => {
             return Ok(Probe::unavailable(format!("docker not found on the target: {}", e.message)))
@@ -211,7 +224,7 @@ pub fn probe_docker(host: &Host) -> Result<Probe, PluginError> {
         probe = probe.with_detail("api_version", a);
     }
     probe = probe.with_detail("binary", "docker");
-    let info = host.exec(&images::info_command(&docker()).stable_output())?;
+    let info = host.exec(&info_request())?;
     probe = probe.with_detail(ops::LOAD_COMPRESSION_DETAIL, load_compression(&server, images::has_zstd(&info.stdout)));
     match parse_info(&info.stdout) {
         Some(s) if info.success() || !s.driver.is_empty() => {
