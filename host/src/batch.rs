@@ -1,4 +1,4 @@
-//! Several commands in one: a shell script that runs each command in turn and
+//! Several commands in one: a shell script that runs the commands at once and
 //! prints its stdout, stderr and exit status as length-prefixed frames, so
 //! one round trip to the target answers what would otherwise take one each
 //! (issue 13: the OS probe, the runtimes' probe commands and the state read
@@ -54,28 +54,42 @@ fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// The script that runs `commands` in order and prints their frames.
+/// The script that runs `commands`, all at once (each in its own
+/// subshell, in the background), then prints their frames in their order.
 /// `prelude` runs first, outside any frame (setting variables the commands
-/// use); it must print nothing. Exits 0 once every command ran; exits 1,
-/// printing nothing, when it cannot make its temporary directory.
+/// use); it must print nothing. Exits 0 once every command ended; exits 1,
+/// printing nothing, when it cannot make its temporary directory. The
+/// commands must not depend on each other: they run concurrently (a batch
+/// is for reads: probes, versions, state).
 pub fn script(prelude: &str, commands: &[Command]) -> String {
     let mut s = String::from(
         "d=$(mktemp -d 2>/dev/null) || { d=${TMPDIR:-/tmp}/cultivate-batch.$$; mkdir -m 700 \"$d\"; } || exit 1\n\
          trap 'rm -rf \"$d\"' EXIT\n\
          trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM\n\
-         f() { for k in out err; do n=$(($(wc -c <\"$d/$k\"))); printf '",
+         f() { rc=$(cat \"$d/$1.rc\" 2>/dev/null) || rc=; for k in out err; do n=0; \
+         [ -f \"$d/$1.$k\" ] && n=$(($(wc -c <\"$d/$1.$k\"))); printf '",
     );
     s.push_str(FRAME_MARK);
-    s.push_str("%s %s %s\\n' \"$1\" \"$k\" \"$n\"; cat \"$d/$k\"; done; printf '");
+    s.push_str("%s %s %s\\n' \"$1\" \"$k\" \"$n\"; [ \"$n\" = 0 ] || cat \"$d/$1.$k\"; done; ");
+    // No status (the command was killed with the shell): no exit frame, so no answer.
+    s.push_str("[ -n \"$rc\" ] && printf '");
     s.push_str(FRAME_MARK);
-    s.push_str("%s exit %s\\n' \"$1\" \"$2\"; }\n");
+    s.push_str("%s exit %s\\n' \"$1\" \"$rc\"; return 0; }\n");
     if !prelude.trim().is_empty() {
         s.push_str(prelude.trim_end());
         s.push('\n');
     }
     for c in commands {
         assert!(valid_id(&c.id), "batch command id `{}`", c.id);
-        s.push_str(&format!("( {}\n) >\"$d/out\" 2>\"$d/err\" </dev/null; f {} $?\n", c.shell, c.id));
+        s.push_str(&format!(
+            "{{ ( {}\n) >\"$d/{id}.out\" 2>\"$d/{id}.err\" </dev/null; echo $? >\"$d/{id}.rc\"; }} &\n",
+            c.shell,
+            id = c.id
+        ));
+    }
+    s.push_str("wait\n");
+    for c in commands {
+        s.push_str(&format!("f {}\n", c.id));
     }
     s.push_str("exit 0\n");
     s
@@ -220,14 +234,21 @@ mod tests {
             Command { id: "missing".into(), shell: "no-such-program-cultivate-test".into() },
             Command { id: "var".into(), shell: "printf '%s' \"$v\"; cat".into() },
         ];
-        let out = std::process::Command::new("sh").arg("-c").arg(script("v=from-prelude", &commands)).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let (got, err) = parse(&out.stdout);
-        assert_eq!(err, None, "{}", String::from_utf8_lossy(&out.stdout));
-        assert_eq!(got["0"], ExecOutput { status: 0, stdout: nasty, stderr: String::new() });
-        assert_eq!(got["1"], ExecOutput { status: 7, stdout: String::new(), stderr: "to-err\n".into() });
-        assert_eq!(got["missing"].status, 127);
-        assert_eq!(got["var"].stdout, "from-prelude", "stdin is empty, variables of the prelude are seen");
+        for shell in ["sh", "bash", "dash"] {
+            let Ok(out) = std::process::Command::new(shell).arg("-c").arg(script("v=from-prelude", &commands)).output()
+            else {
+                assert_ne!(shell, "sh", "no sh");
+                continue;
+            };
+            assert!(out.status.success(), "{shell}: {}", String::from_utf8_lossy(&out.stderr));
+            let (got, err) = parse(&out.stdout);
+            assert_eq!(err, None, "{shell}: {}", String::from_utf8_lossy(&out.stdout));
+            assert_eq!(got["0"], ExecOutput { status: 0, stdout: nasty.clone(), stderr: String::new() });
+            assert_eq!(got["1"], ExecOutput { status: 7, stdout: String::new(), stderr: "to-err\n".into() });
+            assert_eq!(got["missing"].status, 127);
+            assert_eq!(got["var"].stdout, "from-prelude", "stdin is empty, variables of the prelude are seen");
+            assert_eq!(got.keys().collect::<Vec<_>>(), ["0", "1", "missing", "var"]);
+        }
     }
 
     proptest! {
