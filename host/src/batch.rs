@@ -33,7 +33,18 @@ pub struct Command {
     pub id: String,
     /// A shell command line (run in a subshell, stdin from /dev/null).
     pub shell: String,
+    /// Run it only on these operating systems (`uname -s` lowercased:
+    /// `linux`, `darwin`); on any when empty. Elsewhere it does not run and
+    /// has no frames: a runtime's probe of a target it is not for never
+    /// reaches that target (no `docker` command on a Mac, requirement 8.10).
+    pub os: Vec<String>,
 }
+
+/// The line that opens an OS-guarded command in [`script`], up to the OS
+/// names; the guard ends with [`OS_GUARD_END`].
+pub const OS_GUARD_START: &str = "case \"$cultivate_os\" in ";
+/// The end of an OS-guarded command in [`script`].
+pub const OS_GUARD_END: &str = ";; esac # cultivate-os-guard";
 
 /// `req` as one shell command line: `cd DIR && K=V … ARGV…`. Its `stdin`,
 /// `tty` and `timeout_secs` are not carried (batched commands have none).
@@ -66,7 +77,8 @@ pub fn script(prelude: &str, commands: &[Command]) -> String {
         "d=$(mktemp -d 2>/dev/null) || { d=${TMPDIR:-/tmp}/cultivate-batch.$$; mkdir -m 700 \"$d\"; } || exit 1\n\
          trap 'rm -rf \"$d\"' EXIT\n\
          trap 'exit 129' HUP; trap 'exit 130' INT; trap 'exit 143' TERM\n\
-         f() { rc=$(cat \"$d/$1.rc\" 2>/dev/null) || rc=; for k in out err; do n=0; \
+         cultivate_os=$(uname -s 2>/dev/null | tr '[:upper:]' '[:lower:]')\n\
+         f() { [ -f \"$d/$1.rc\" ] || return 0; rc=$(cat \"$d/$1.rc\" 2>/dev/null) || rc=; for k in out err; do n=0; \
          [ -f \"$d/$1.$k\" ] && n=$(($(wc -c <\"$d/$1.$k\"))); printf '",
     );
     s.push_str(FRAME_MARK);
@@ -81,11 +93,18 @@ pub fn script(prelude: &str, commands: &[Command]) -> String {
     }
     for c in commands {
         assert!(valid_id(&c.id), "batch command id `{}`", c.id);
-        s.push_str(&format!(
-            "{{ ( {}\n) >\"$d/{id}.out\" 2>\"$d/{id}.err\" </dev/null; echo $? >\"$d/{id}.rc\"; }} &\n",
+        let run = format!(
+            "{{ ( {}\n) >\"$d/{id}.out\" 2>\"$d/{id}.err\" </dev/null; echo $? >\"$d/{id}.rc\"; }} &",
             c.shell,
             id = c.id
-        ));
+        );
+        if c.os.is_empty() {
+            s.push_str(&run);
+            s.push('\n');
+        } else {
+            let names: Vec<String> = c.os.iter().map(|o| quote(&o.to_ascii_lowercase())).collect();
+            s.push_str(&format!("{OS_GUARD_START}{}) {run} {OS_GUARD_END}\n", names.join("|")));
+        }
     }
     s.push_str("wait\n");
     for c in commands {
@@ -229,10 +248,14 @@ mod tests {
     fn a_real_shell_runs_the_script_and_its_output_parses() {
         let nasty = format!("{FRAME_MARK}zz out 3\n\u{0}\u{1}é  trailing spaces  ");
         let commands = vec![
-            Command { id: "0".into(), shell: shell_line(&ExecRequest::new(["printf", "%s", nasty.as_str()])) },
-            Command { id: "1".into(), shell: "echo to-err >&2; exit 7".into() },
-            Command { id: "missing".into(), shell: "no-such-program-cultivate-test".into() },
-            Command { id: "var".into(), shell: "printf '%s' \"$v\"; cat".into() },
+            Command {
+                id: "0".into(),
+                shell: shell_line(&ExecRequest::new(["printf", "%s", nasty.as_str()])),
+                os: vec![],
+            },
+            Command { id: "1".into(), shell: "echo to-err >&2; exit 7".into(), os: vec![] },
+            Command { id: "missing".into(), shell: "no-such-program-cultivate-test".into(), os: vec![] },
+            Command { id: "var".into(), shell: "printf '%s' \"$v\"; cat".into(), os: vec![] },
         ];
         for shell in ["sh", "bash", "dash"] {
             let Ok(out) = std::process::Command::new(shell).arg("-c").arg(script("v=from-prelude", &commands)).output()
@@ -248,6 +271,44 @@ mod tests {
             assert_eq!(got["missing"].status, 127);
             assert_eq!(got["var"].stdout, "from-prelude", "stdin is empty, variables of the prelude are seen");
             assert_eq!(got.keys().collect::<Vec<_>>(), ["0", "1", "missing", "var"]);
+        }
+    }
+
+    /// A command guarded by OS runs only there: with `uname -s` saying
+    /// Darwin, a Linux-only command does not run at all (it would have
+    /// left its mark) and has no frames; with Linux it runs.
+    #[test]
+    fn os_guarded_commands_run_only_on_their_os() {
+        let dir = tempfile::tempdir().unwrap();
+        let mark = dir.path().join("ran");
+        let commands = vec![
+            Command { id: "any".into(), shell: "echo any".into(), os: vec![] },
+            Command {
+                id: "lin".into(),
+                shell: format!("touch {}; echo linux", quote(mark.to_str().unwrap())),
+                os: vec!["linux".into()],
+            },
+            Command { id: "mac".into(), shell: "echo mac".into(), os: vec!["darwin".into()] },
+        ];
+        for (uname, ran) in [("Darwin", false), ("Linux", true)] {
+            let bin = dir.path().join(format!("bin-{uname}"));
+            std::fs::create_dir_all(&bin).unwrap();
+            let fake = bin.join("uname");
+            std::fs::write(&fake, format!("#!/bin/sh\necho {uname}\n")).unwrap();
+            std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(script("", &commands))
+                .env("PATH", path)
+                .output()
+                .unwrap();
+            let (got, err) = parse(&out.stdout);
+            assert_eq!(err, None, "{uname}: {}", String::from_utf8_lossy(&out.stdout));
+            assert_eq!(got["any"].stdout, "any\n");
+            assert_eq!(got.contains_key("lin"), ran, "{uname}");
+            assert_eq!(got.contains_key("mac"), !ran, "{uname}");
+            assert_eq!(mark.exists(), ran, "{uname}: the Linux-only command ran");
         }
     }
 

@@ -214,13 +214,8 @@ impl Services {
         let (frames, problem) = batch::parse(&raw);
         if let Some(p) = problem {
             tracing::warn!("{p} (status {}); the commands not answered run one by one", out.status);
-        } else if frames.len() < count {
-            tracing::warn!(
-                "the batch answered {} of {count} commands (status {}); the others run one by one",
-                frames.len(),
-                out.status
-            );
         }
+        tracing::debug!(target: "cultivate::cmd", "  {} of {count} commands ran (others are for another OS)", frames.len());
         Ok(frames)
     }
 
@@ -326,22 +321,29 @@ impl Session {
         let services = Arc::new(Services::new(Some(conn.clone())));
         let host = Host::new(services.clone());
         // The probe commands the runtimes declared, each once.
-        let mut probes: Vec<(String, ExecRequest)> = Vec::new();
+        // Each only on the operating systems its plugin is for.
+        let mut probes: Vec<(String, ExecRequest, Vec<String>)> = Vec::new();
         for p in registry.of_kind(cultivate_plugin_api::PluginKind::Runtime) {
-            for req in &p.manifest().probe_commands {
+            let m = p.manifest();
+            for req in &m.probe_commands {
                 if let Some(key) = stable_key(req) {
-                    if !probes.iter().any(|(k, _)| *k == key) {
-                        probes.push((key, req.clone()));
+                    match probes.iter_mut().find(|(k, _, _)| *k == key) {
+                        // Wanted by several plugins: wherever any of them is for.
+                        Some((_, _, os)) if !os.is_empty() && !m.target_os.is_empty() => {
+                            os.extend(m.target_os.iter().filter(|o| !os.contains(o)).cloned().collect::<Vec<_>>())
+                        }
+                        Some((_, _, os)) => os.clear(),
+                        None => probes.push((key, req.clone(), m.target_os.clone())),
                     }
                 }
             }
         }
-        let mut commands = vec![batch::Command { id: "os".into(), shell: PROBE_SCRIPT.to_string() }];
-        for (i, (_, req)) in probes.iter().enumerate() {
-            commands.push(batch::Command { id: format!("p{i}"), shell: batch::shell_line(req) });
+        let mut commands = vec![batch::Command { id: "os".into(), shell: PROBE_SCRIPT.to_string(), os: Vec::new() }];
+        for (i, (_, req, os)) in probes.iter().enumerate() {
+            commands.push(batch::Command { id: format!("p{i}"), shell: batch::shell_line(req), os: os.clone() });
         }
         if let Some((_, snippet)) = extra {
-            commands.push(batch::Command { id: "extra".into(), shell: snippet.to_string() });
+            commands.push(batch::Command { id: "extra".into(), shell: snippet.to_string(), os: Vec::new() });
         }
         let script = batch::script(extra.map(|(prelude, _)| prelude).unwrap_or(""), &commands);
         let frames = match services.run_batch(&ExecRequest::shell(script).timeout_secs(60), commands.len()) {
@@ -379,7 +381,7 @@ impl Session {
                 extra.stdout.len() + extra.stderr.len()
             );
         }
-        for (i, (key, req)) in probes.iter().enumerate() {
+        for (i, (key, req, _)) in probes.iter().enumerate() {
             if let Some(answer) = frames.get(&format!("p{i}")) {
                 tracing::debug!(
                     target: "cultivate::cmd",
