@@ -403,13 +403,15 @@ pub fn runs_as_recorded(
     if !(one_each && images && healthy) {
         return false;
     }
+    // The edge, when there is one, on the one backend (the switch's plan
+    // would take the newest backend for one that is gone).
+    let backend = states.iter().find(|s| s.service == "backend").map(|s| s.container.as_str());
+    if switching && edge.backend.is_some() && edge.backend.as_deref() != backend {
+        return false;
+    }
     match hashes {
         Some(h) if switching => switch::plan(rec, h, states, edge).iter().all(|p| p.action == Action::Unchanged),
-        // Without the hashes: the edge must at least point at the one backend.
-        _ => {
-            let backend = states.iter().find(|s| s.service == "backend").map(|s| s.container.as_str());
-            !switching || edge.backend.is_none() || edge.backend.as_deref() == backend
-        }
+        _ => true,
     }
 }
 
