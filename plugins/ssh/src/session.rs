@@ -281,7 +281,7 @@ fn client_config(spec: &HopSpec) -> client::Config {
         maximum_packet_size: 65535,
         channel_buffer_size: 1024,
         keepalive_interval: if spec.keepalive.is_zero() { None } else { Some(spec.keepalive) },
-        keepalive_max: 3,
+        keepalive_max: KEEPALIVE_MAX as usize,
         inactivity_timeout: None,
         nodelay: true,
         ..client::Config::default()
@@ -293,6 +293,39 @@ async fn with_timeout<T>(limit: Duration, fut: impl Future<Output = T>) -> Optio
 }
 
 /// Opens a TCP connection to `host:port` with the connect timeout.
+/// Keepalives unanswered before the connection counts as lost.
+const KEEPALIVE_MAX: u32 = 3;
+
+/// Data the server has not acknowledged for `limit` aborts the connection
+/// (Linux's `TCP_USER_TIMEOUT`; zero leaves the kernel's default). russh's
+/// keepalive cannot see a dead link while the session task is blocked in its
+/// own socket write, which is where it waits when bulk stdin (an image
+/// archive) fills the send buffer: the keepalive timer never runs, and TCP
+/// retransmits for a quarter of an hour. With this the write fails once the
+/// link has been dead as long as the keepalive allows, the session task
+/// ends, and every command waiting on it gets a connection-lost error.
+fn set_user_timeout(stream: &tokio::net::TcpStream, limit: Duration) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if !limit.is_zero() {
+        use std::os::fd::AsRawFd;
+        let ms = libc::c_uint::try_from(limit.as_millis()).unwrap_or(libc::c_uint::MAX);
+        // SAFETY: a valid socket descriptor owned by `stream`, and a pointer
+        // to a c_uint with its size, as TCP_USER_TIMEOUT takes. A kernel
+        // without the option (before 2.6.37) keeps its default: ignored.
+        let _ = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_USER_TIMEOUT,
+                (&ms as *const libc::c_uint).cast(),
+                std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+            )
+        };
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (stream, limit);
+}
+
 async fn tcp_connect(spec: &HopSpec) -> Result<tokio::net::TcpStream, PluginError> {
     let t = spec.connect_timeout;
     let secs = t.as_secs_f64();
@@ -330,6 +363,7 @@ async fn tcp_connect(spec: &HopSpec) -> Result<tokio::net::TcpStream, PluginErro
         match with_timeout(t, tokio::net::TcpStream::connect(addr)).await {
             Some(Ok(s)) => {
                 let _ = s.set_nodelay(true);
+                set_user_timeout(&s, spec.keepalive * KEEPALIVE_MAX);
                 return Ok(s);
             }
             Some(Err(e)) => {
