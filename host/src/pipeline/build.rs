@@ -229,11 +229,7 @@ impl BuildMemo {
 
 /// The sha256 of a build context, hex.
 pub fn context_digest(context: &[u8]) -> String {
-    hex(&Sha256::digest(context))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    format!("{:x}", Sha256::digest(context))
 }
 
 /// What determines a build's result, as one digest: the context (which holds
@@ -259,7 +255,7 @@ pub fn build_key(
         field(k);
         field(v);
     }
-    hex(&h.finalize())
+    format!("{:x}", h.finalize())
 }
 
 /// How the build step line of an image taken from the [`BuildMemo`] starts.
