@@ -79,6 +79,12 @@ pub struct ImageInfo {
 pub struct ImageListRequest {
     /// Repository prefix (`cultivate-`).
     pub prefix: String,
+    /// Image IDs to look up as well, in the same round trip: each gets one
+    /// more entry whose `reference` is the ID asked, with `id: None` when the
+    /// target lacks it. A plugin that predates the field leaves them out (the
+    /// host then asks with `image.inspect`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ids: Vec<String>,
 }
 
 /// Tag `source` as `target`.
@@ -134,6 +140,26 @@ pub struct ImageLoadRequest {
     /// `zstd` or `gzip`; `None`: as exported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<String>,
+    /// A reference the command looks up once the load succeeded, printing
+    /// [`LOADED_ID_LINE`], a space and its image ID on a line of its own (the
+    /// check that the target has what was sent, without another round trip).
+    /// The command's status stays the load's. A plugin that predates the
+    /// field prints no such line; the host then asks with `image.inspect`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<String>,
+}
+
+/// The start of the line with the loaded image's ID (see [`ImageLoadRequest::verify`]).
+pub const LOADED_ID_LINE: &str = "cultivate-loaded-id";
+
+/// The image ID a load command's output reports for [`ImageLoadRequest::verify`]:
+/// `None` when no line says (a plugin that predates the field, or the lookup
+/// found nothing).
+pub fn loaded_id(stdout: &str) -> Option<String> {
+    stdout.lines().rev().find_map(|l| {
+        let id = l.trim().strip_prefix(LOADED_ID_LINE)?.strip_prefix(' ')?.trim();
+        (!id.is_empty()).then(|| id.to_string())
+    })
 }
 
 operation!(
@@ -564,8 +590,46 @@ mod tests {
         let old: ImageLoadRequest = serde_json::from_str("{}").unwrap();
         assert_eq!(old, ImageLoadRequest::default());
         // An old plugin reads a new request as its `Empty`.
-        let new = serde_json::to_string(&ImageLoadRequest { compression: Some("zstd".into()) }).unwrap();
+        let new = serde_json::to_string(&ImageLoadRequest {
+            compression: Some("zstd".into()),
+            verify: Some("app-backend:v2".into()),
+        })
+        .unwrap();
         let _: Empty = serde_json::from_str(&new).unwrap();
         assert_eq!(serde_json::to_string(&ImageLoadRequest::default()).unwrap(), "{}");
+    }
+
+    #[test]
+    fn list_requests_stay_compatible_both_ways() {
+        // An old host's request has no IDs; an old plugin reads the prefix and ignores them.
+        let old: ImageListRequest = serde_json::from_str(r#"{"prefix":"app-"}"#).unwrap();
+        assert_eq!(old, ImageListRequest { prefix: "app-".into(), ids: vec![] });
+        assert_eq!(serde_json::to_string(&old).unwrap(), r#"{"prefix":"app-"}"#);
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct OldListRequest {
+            prefix: String,
+        }
+        let new = ImageListRequest { prefix: "app-".into(), ids: vec!["sha256:ab".into()] };
+        let _: OldListRequest = serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn the_loaded_id_is_the_last_line_that_names_one() {
+        let out = "Loaded image: app-backend:v2\ncultivate-loaded-id sha256:aa\n";
+        assert_eq!(loaded_id(out).as_deref(), Some("sha256:aa"));
+        assert_eq!(loaded_id("Loaded image ID: sha256:bb\n"), None, "docker's own line is not ours");
+        assert_eq!(loaded_id("cultivate-loaded-id \n"), None, "an empty answer is no ID");
+        assert_eq!(loaded_id("cultivate-loaded-idsha256:cc"), None);
+        assert_eq!(loaded_id(""), None);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn loaded_id_never_panics_and_finds_what_was_printed(noise in "\\PC{0,200}", id in "sha256:[0-9a-f]{1,64}") {
+            let _ = loaded_id(&noise);
+            let out = format!("{noise}\n{LOADED_ID_LINE} {id}\n");
+            proptest::prop_assert_eq!(loaded_id(&out), Some(id));
+        }
     }
 }

@@ -168,7 +168,7 @@ fn five_switches(mut p: Project) {
     let (r, run_d) = under_load(&p, || p.deploy(&["--json", "--health-timeout", "90"]));
     if run_d.code != 4 {
         let version = run_d.stderr.lines().find_map(|l| l.split("building release ").nth(1)).unwrap_or("").trim();
-        if let Err(why) = engine_can_exec(&p.via, &format!("{}-database:{version}", p.name), "/bin/sh") {
+        if let Err(why) = engine_can_exec(&p.via, &format!("{}-backend:{version}", p.name), "/bin/sh") {
             prereq::require(false, &format!("a target engine that can run health checks: {why}"));
             return;
         }

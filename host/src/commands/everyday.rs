@@ -698,7 +698,8 @@ fn remove_locked(ctx: &mut Ctx<'_>, purge: bool) -> Result<(Vec<String>, Vec<Str
     }
     // The images this project tagged: PROJECT-SERVICE:TAG, exactly.
     let repos: Vec<String> = SERVICES.iter().map(|s| format!("{project}-{s}")).collect();
-    let listed = ctx.images_op::<ops::ImageList>(&ops::ImageListRequest { prefix: format!("{project}-") })?;
+    let listed = ctx
+        .images_op::<ops::ImageList>(&ops::ImageListRequest { prefix: format!("{project}-"), ..Default::default() })?;
     let mut refs: Vec<String> = listed
         .iter()
         .flat_map(|i| i.tags.iter())

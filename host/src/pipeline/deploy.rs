@@ -311,7 +311,14 @@ pub fn desired_images(
             _ => false,
         };
         if i.service == "frontend" {
-            site = ReleaseImage { reference: i.reference.clone(), id: i.id.clone(), without_site: None };
+            // The site's image keeps the reference the target knows it by.
+            let reference = current
+                .and_then(|r| {
+                    let site = r.site.as_ref().filter(|s| s.id == i.id).map(|s| &s.reference);
+                    site.or(old.filter(|o| o.id == i.id).map(|o| &o.reference))
+                })
+                .unwrap_or(&i.reference);
+            site = ReleaseImage { reference: reference.clone(), id: i.id.clone(), without_site: None };
         }
         out.insert(i.service.clone(), if keep { old.cloned().unwrap_or(built) } else { built });
     }
@@ -482,7 +489,10 @@ fn deploy_locked(
     let transfers = if settings.build_mode == BuildMode::Local {
         ctx.status(&format!("sending images to {}", ctx.session.target));
         let start = std::time::Instant::now();
-        let t = transfer_images(ctx, &images)?;
+        // A present image is tagged only when the release names it by its new tag.
+        let named: std::collections::HashSet<&str> =
+            desired.values().chain([&site]).map(|i| i.reference.as_str()).collect();
+        let t = transfer_images(ctx, &images, &named)?;
         ctx.timings.record(Stage::TransferImages, start);
         t
     } else {
@@ -839,9 +849,17 @@ fn build_remote(ctx: &mut Ctx<'_>, version: &str, context: &[u8]) -> Result<Vec<
     Ok(images)
 }
 
-fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<TransferStats>> {
+/// Sends the images the target lacks; one it has is tagged when `named` (the
+/// references the release uses) has its new reference. The target's images
+/// are read in one command, its answer for each of ours included.
+fn transfer_images(
+    ctx: &mut Ctx<'_>,
+    images: &[BuiltImage],
+    named: &std::collections::HashSet<&str>,
+) -> Result<Vec<TransferStats>> {
     let prefix = format!("{}-", ctx.settings.project);
-    let on_target = ctx.images_op::<ops::ImageList>(&ops::ImageListRequest { prefix })?;
+    let ids = images.iter().map(|i| i.id.clone()).collect();
+    let on_target = ctx.images_op::<ops::ImageList>(&ops::ImageListRequest { prefix, ids })?;
     let mut chains: std::collections::HashSet<String> =
         on_target.iter().flat_map(|i| transfer::chain_ids(&i.layers)).collect();
     let probe = ctx.runtimes.images.probe.as_ref().ok();
@@ -873,18 +891,30 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
     let mut to_send: Vec<&BuiltImage> = Vec::new();
     ctx.checkpoint("deploy: sending images")?;
     for image in images {
-        // The project's own images were listed already; another ID may be
-        // there under another name (asked by ID).
+        // The list answered for our IDs too (another project's copy counts);
+        // a plugin that predates that is asked by ID.
         let listed = on_target.iter().any(|i| i.id.as_deref() == Some(image.id.as_str()));
-        let present = listed || {
-            let found = ctx.images_op::<ops::ImageInspect>(&ImageRefs { refs: vec![image.id.clone()] })?;
-            found.first().and_then(|i| i.id.as_deref()) == Some(image.id.as_str())
-        };
+        let answered = on_target.iter().any(|i| i.reference == image.id);
+        let present = listed
+            || (!answered && {
+                let found = ctx.images_op::<ops::ImageInspect>(&ImageRefs { refs: vec![image.id.clone()] })?;
+                found.first().and_then(|i| i.id.as_deref()) == Some(image.id.as_str())
+            });
+        // The release names it by an older tag the target lists for it: nothing to do.
+        let untagged = present
+            && !named.contains(image.reference.as_str())
+            && on_target
+                .iter()
+                .any(|i| i.id.as_deref() == Some(image.id.as_str()) && named.contains(i.reference.as_str()));
         // Tagged by ID: the image another project (sharing the target and
         // the content) had may be removed between the look and the tag; then
         // it is simply sent.
-        let tagged = present
-            && match ctx.images_op::<ops::ImageTag>(&ImageTagRequest {
+        let tagged = if !present {
+            false
+        } else if untagged {
+            true
+        } else {
+            match ctx.images_op::<ops::ImageTag>(&ImageTagRequest {
                 source: image.id.clone(),
                 target: image.reference.clone(),
             }) {
@@ -897,9 +927,11 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
                     false
                 }
                 Err(e) => return Err(e),
-            };
+            }
+        };
         if tagged {
-            ctx.detail(&format!("{}: already on the target, tagged", image.service));
+            let how = if untagged { "the release names it by its earlier tag" } else { "tagged" };
+            ctx.detail(&format!("{}: already on the target, {how}", image.service));
             chains.extend(transfer::chain_ids(&image.layers));
             stats.push(Some(TransferStats {
                 reference: image.reference.clone(),
@@ -962,7 +994,7 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
                 );
                 let (again, loaded, _) = send_archive(ctx, image, full, transfer::Codec::None)?;
                 stat = TransferStats { fell_back: true, bytes_sent: stat.bytes_sent + again.bytes_sent, ..again };
-                ok = loaded;
+                ok = loaded.is_some();
             }
             if !ok {
                 bail!("loading {} on {} failed", image.reference, ctx.session.target);
@@ -976,11 +1008,11 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
         if let Some(p) = plans.get(i + 1) {
             next = Some(start(i + 1, p.clone(), codec, true)?);
         }
-        let (mut stat, mut ok, report) = send_archive(ctx, image, outgoing, codec)?;
+        let (mut stat, mut loaded, report) = send_archive(ctx, image, outgoing, codec)?;
         if let Some(r) = &report {
             transfer::save_known_dirs(&mut known, &r.learned);
         }
-        if !ok && (stat.layers_skipped > 0 || codec != transfer::Codec::None || report.is_none()) {
+        if loaded.is_none() && (stat.layers_skipped > 0 || codec != transfer::Codec::None || report.is_none()) {
             ctx.warn(&format!(
                 "{}: loading the {} archive failed; sending the whole image uncompressed",
                 image.service,
@@ -988,16 +1020,24 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
             ));
             let full = start(i, transfer::LayerPlan::everything(&image.layers), transfer::Codec::None, false)?;
             let first = stat.bytes_sent;
-            let (again, loaded, _) = send_archive(ctx, image, full, transfer::Codec::None)?;
+            let (again, again_loaded, _) = send_archive(ctx, image, full, transfer::Codec::None)?;
             stat = TransferStats { fell_back: true, bytes_sent: first + again.bytes_sent, ..again };
-            ok = loaded;
+            loaded = again_loaded;
         }
-        if !ok {
+        let Some(reported) = loaded else {
             bail!("loading {} on {} failed", image.reference, ctx.session.target);
-        }
-        // P20: the target's ID must equal ours.
-        let after = ctx.images_op::<ops::ImageInspect>(&ImageRefs { refs: vec![image.reference.clone()] })?;
-        transfer::verify_id(image, after.first().and_then(|i| i.id.as_deref()))?;
+        };
+        // P20: the target's ID must equal ours (the load command reports it;
+        // a plugin whose command does not is asked).
+        let after = match reported {
+            Some(id) => Some(id),
+            None => ctx
+                .images_op::<ops::ImageInspect>(&ImageRefs { refs: vec![image.reference.clone()] })?
+                .into_iter()
+                .next()
+                .and_then(|i| i.id),
+        };
+        transfer::verify_id(image, after.as_deref())?;
         ctx.detail(&format!(
             "{}: sent {} of {} layers, {} ({}) of {}; image ID verified",
             image.service,
@@ -1014,15 +1054,18 @@ fn transfer_images(ctx: &mut Ctx<'_>, images: &[BuiltImage]) -> Result<Vec<Trans
 }
 
 /// Streams an export being produced into the load command; `(stats, loaded,
-/// the filter's report)`. The report is `None` when the export failed.
+/// the filter's report)`. `loaded` is `None` when the load failed, else the
+/// image ID the command reported for the reference, if it did. The report
+/// is `None` when the export failed.
+#[allow(clippy::type_complexity)]
 fn send_archive(
     ctx: &mut Ctx<'_>,
     image: &BuiltImage,
     outgoing: transfer::Outgoing,
     codec: transfer::Codec,
-) -> Result<(TransferStats, bool, Option<transfer::FilterReport>)> {
+) -> Result<(TransferStats, Option<Option<String>>, Option<transfer::FilterReport>)> {
     let transfer::Outgoing { mut reader, read, handle } = outgoing;
-    let cmd = ctx.images_op::<ops::ImageLoadCommand>(&transfer::load_request(codec))?;
+    let cmd = ctx.images_op::<ops::ImageLoadCommand>(&transfer::load_request(codec, Some(&image.reference)))?;
     // Progress counts the export read (what is dropped counts too): the wire
     // size is not known before the end.
     let total = image.size.max(1);
@@ -1054,7 +1097,7 @@ fn send_archive(
         Err(e) if loaded.success() => return Err(e),
         Err(_) => None,
     };
-    let ok = loaded.success();
+    let ok = loaded.success().then(|| ops::loaded_id(&loaded.stdout));
     let skipped = report.as_ref().map(|r| r.layers_skipped).unwrap_or(0);
     let stats = TransferStats {
         reference: image.reference.clone(),
@@ -1377,6 +1420,29 @@ mod tests {
         ];
         let (d, _) = desired_images(&v3, Some(&rec));
         assert_eq!(d["frontend"].reference, "p-frontend:v3");
+        // v4: only the backend changed: the site is the image the target knows as p-frontend:v1
+        // (no new tag needed on the target).
+        let v4 = [
+            built("database", "v4", "d1", &["base", "pg"]),
+            built("backend", "v4", "b4", &["base", "node", "app4"]),
+            built("frontend", "v4", "f1", &["base", "nginx", "site1"]),
+        ];
+        let (d, site) = desired_images(&v4, Some(&rec));
+        assert_eq!(d["frontend"].reference, "p-frontend:v1");
+        assert_eq!((site.reference.as_str(), site.id.as_str()), ("p-frontend:v1", "sha256:f1"));
+        // v5 after v2 (a site change): the same site again keeps v2's site reference.
+        let mut rec2 = current(&v2);
+        rec2.site =
+            Some(ReleaseImage { reference: "p-frontend:v2".into(), id: "sha256:f2".into(), without_site: None });
+        rec2.images.insert("frontend".into(), d["frontend"].clone());
+        let v5 = [
+            built("database", "v5", "d1", &["base", "pg"]),
+            built("backend", "v5", "b5", &["base", "node", "app5"]),
+            built("frontend", "v5", "f2", &["base", "nginx", "site2"]),
+        ];
+        let (d, site) = desired_images(&v5, Some(&rec2));
+        assert_eq!(d["frontend"].reference, "p-frontend:v1", "nginx is still v1's");
+        assert_eq!(site.reference, "p-frontend:v2", "the site is v2's image");
     }
 
     proptest! {

@@ -127,10 +127,12 @@ pub fn codec_for(
     }
 }
 
-/// What the load command is told the archive is compressed with.
-pub fn load_request(codec: Codec) -> cultivate_plugin_api::ops::ImageLoadRequest {
+/// What the load command is told: the archive's compression, and the
+/// reference whose ID it reports once loaded (`verify`).
+pub fn load_request(codec: Codec, verify: Option<&str>) -> cultivate_plugin_api::ops::ImageLoadRequest {
     cultivate_plugin_api::ops::ImageLoadRequest {
         compression: (codec != Codec::None).then(|| codec.name().to_string()),
+        verify: verify.map(str::to_string),
     }
 }
 

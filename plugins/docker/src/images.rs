@@ -182,6 +182,96 @@ pub fn list(host: &Host, prefix: &[String], repo_prefix: &str) -> Result<Vec<Ima
     Ok(inspect(host, prefix, &refs)?.into_iter().filter(|i| i.id.is_some()).collect())
 }
 
+/// The line between the listing and the inspection in [`list_command`]'s output.
+pub const LIST_SPLIT: &str = "cultivate-inspect";
+
+/// One shell command, one round trip: the images whose repository starts
+/// with `repo_prefix` (`REPOSITORY TAG ID` lines), [`LIST_SPLIT`], then one
+/// `image inspect` of their IDs and of `ids`. Exits with the inspect's status
+/// (an ID the target lacks fails it; [`list_one_trip`] reads the rest).
+pub fn list_command(prefix: &[String], repo_prefix: &str, ids: &[String]) -> CommandSpec {
+    let q = cultivate_plugin_api::shell::quote;
+    let cli = prefix.iter().map(|p| q(p)).collect::<Vec<_>>().join(" ");
+    let extra: Vec<String> = ids.iter().map(|i| q(i)).collect();
+    let extra = extra.join(" ");
+    ExecRequest::shell(format!(
+        "l=$({cli} image ls --no-trunc --format '{{{{.Repository}}}} {{{{.Tag}}}} {{{{.ID}}}}') || exit $?; \
+         m=$(printf '%s\\n' \"$l\" | P={p} awk 'index($1, ENVIRON[\"P\"]) == 1 && NF == 3'); \
+         printf '%s\\n{LIST_SPLIT}\\n' \"$m\"; \
+         i=$(printf '%s\\n' \"$m\" | awk 'NF == 3 {{ print $3 }}' | sort -u); \
+         if [ -n \"$i\" ] || [ -n {e} ]; then {cli} image inspect $i {extra}; fi",
+        p = q(repo_prefix),
+        e = q(&extra),
+    ))
+}
+
+/// Images whose repository starts with `repo_prefix`, inspected, and the
+/// images `ids` (an entry each, `reference` the ID asked, `id: None` when
+/// absent): one command ([`list_command`]). A listed image gone before the
+/// inspect is asked for again by reference.
+pub fn list_one_trip(
+    host: &Host,
+    prefix: &[String],
+    repo_prefix: &str,
+    ids: &[String],
+) -> Result<Vec<ImageInfo>, PluginError> {
+    let res = host.exec(&list_command(prefix, repo_prefix, ids))?;
+    let Some((listing, inspected)) = res
+        .stdout
+        .split_once(&format!("\n{LIST_SPLIT}\n"))
+        .or_else(|| res.stdout.strip_prefix(&format!("{LIST_SPLIT}\n")).map(|rest| ("", rest)))
+    else {
+        return Err(command_error(&format!("{} image ls", prefix.join(" ")), &res));
+    };
+    // An inspect that fails only for IDs the target lacks is an answer.
+    let other_error = res.stderr.lines().map(str::trim).any(|l| !l.is_empty() && !is_no_such_image(l));
+    if !res.success() && other_error {
+        return Err(command_error(&format!("{} image inspect", prefix.join(" ")), &res));
+    }
+    let found = if inspected.trim().is_empty() { Vec::new() } else { parse_image_inspect(inspected, "")? };
+    let by_id = |id: &str| {
+        let id = id.strip_prefix("sha256:").unwrap_or(id);
+        found.iter().find(|i| i.id.as_deref().is_some_and(|f| f.strip_prefix("sha256:").unwrap_or(f) == id))
+    };
+    let pairs = parse_ls_lines(listing, repo_prefix);
+    let mut out = Vec::with_capacity(pairs.len() + ids.len());
+    let mut again = Vec::new();
+    for (reference, id) in pairs {
+        match by_id(&id) {
+            Some(info) => out.push(ImageInfo { reference, ..info.clone() }),
+            None => again.push(reference),
+        }
+    }
+    if !again.is_empty() {
+        out.extend(inspect(host, prefix, &again)?.into_iter().filter(|i| i.id.is_some()));
+    }
+    for id in ids {
+        let info = by_id(id).cloned().unwrap_or_default();
+        out.push(ImageInfo { reference: id.clone(), ..info });
+    }
+    Ok(out)
+}
+
+/// The `(reference, ID)` pairs of `REPOSITORY TAG ID` lines whose repository
+/// starts with `prefix`; an untagged image's reference is its ID.
+pub fn parse_ls_lines(stdout: &str, prefix: &str) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = stdout
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (repo, tag, id) = (f.next()?, f.next()?, f.next()?);
+            if f.next().is_some() || repo == "<none>" || !repo.starts_with(prefix) || prefix.is_empty() {
+                return None;
+            }
+            let reference = if tag == "<none>" { id.to_string() } else { format!("{repo}:{tag}") };
+            Some((reference, id.to_string()))
+        })
+        .collect();
+    pairs.sort();
+    pairs.dedup();
+    pairs
+}
+
 /// The command that loads an image archive from stdin.
 pub fn load_command(prefix: &[String]) -> CommandSpec {
     ExecRequest::new(argv(prefix, &["load"]))
@@ -192,24 +282,37 @@ pub fn load_command(prefix: &[String]) -> CommandSpec {
 /// through the target's `zstd` when it has one (Docker 20.10's `docker load`
 /// refuses zstd), else straight to the engine (Docker ≥ 23 reads zstd); the
 /// host sends zstd only when the probe's `load_compression` lists it.
-pub fn load_command_for(prefix: &[String], compression: Option<&str>) -> Result<CommandSpec, PluginError> {
-    match compression.map(str::trim) {
-        None | Some("") | Some("none") | Some("gzip") => Ok(load_command(prefix)),
-        Some("zstd") => {
-            let load = prefix
-                .iter()
-                .map(|p| cultivate_plugin_api::shell::quote(p))
-                .chain(["load".to_string()])
-                .collect::<Vec<_>>()
-                .join(" ");
-            Ok(ExecRequest::shell(format!(
-                "if command -v zstd >/dev/null 2>&1; then zstd -dcq | {load}; else {load}; fi"
+/// With `verify`, the loaded reference's ID follows on a line of its own
+/// ([`cultivate_plugin_api::ops::LOADED_ID_LINE`]) once the load succeeded;
+/// the status stays the load's.
+pub fn load_command_for(
+    prefix: &[String],
+    compression: Option<&str>,
+    verify: Option<&str>,
+) -> Result<CommandSpec, PluginError> {
+    let q = cultivate_plugin_api::shell::quote;
+    let cli = prefix.iter().map(|p| q(p)).collect::<Vec<_>>().join(" ");
+    let load = format!("{cli} load");
+    let shell = match compression.map(str::trim) {
+        None | Some("") | Some("none") | Some("gzip") => match verify {
+            None => return Ok(load_command(prefix)),
+            Some(_) => load,
+        },
+        Some("zstd") => format!("if command -v zstd >/dev/null 2>&1; then zstd -dcq | {load}; else {load}; fi"),
+        Some(other) => {
+            return Err(PluginError::invalid(format!(
+                "image.load_command: compression `{other}` is not `zstd`, `gzip` or `none`"
             )))
         }
-        Some(other) => Err(PluginError::invalid(format!(
-            "image.load_command: compression `{other}` is not `zstd`, `gzip` or `none`"
-        ))),
-    }
+    };
+    Ok(ExecRequest::shell(match verify {
+        None => shell,
+        Some(reference) => format!(
+            "{shell} || exit $?; {cli} image inspect --format '{line} {{{{.Id}}}}' {r} 2>/dev/null; exit 0",
+            line = cultivate_plugin_api::ops::LOADED_ID_LINE,
+            r = q(reference),
+        ),
+    }))
 }
 
 /// The line the probe's `docker info` command adds when the target has `zstd`.

@@ -68,9 +68,11 @@ impl Plugin for DockerPlugin {
             ops::ImageInspect::NAME => {
                 ops::handle::<ops::ImageInspect>(payload, |r| images::inspect(host, &bin, &r.refs))
             }
-            ops::ImageList::NAME => ops::handle::<ops::ImageList>(payload, |r| images::list(host, &bin, &r.prefix)),
+            ops::ImageList::NAME => {
+                ops::handle::<ops::ImageList>(payload, |r| images::list_one_trip(host, &bin, &r.prefix, &r.ids))
+            }
             ops::ImageLoadCommand::NAME => ops::handle::<ops::ImageLoadCommand>(payload, |r| {
-                images::load_command_for(&bin, r.compression.as_deref())
+                images::load_command_for(&bin, r.compression.as_deref(), r.verify.as_deref())
             }),
             ops::ImageTag::NAME => ops::handle::<ops::ImageTag>(payload, |r| {
                 images::tag(host, &bin, &r.source, &r.target).map(|()| ops::Empty {})

@@ -321,8 +321,10 @@ fn inspect_reads_labels() {
     assert_eq!(infos[0].layers.len(), 2);
 }
 
+/// The two-command list the finch plugin shares (its CLI's `image ls`
+/// output is JSON lines).
 #[test]
-fn list_filters_by_prefix_then_inspects() {
+fn two_command_list_filters_by_prefix_then_inspects() {
     let ls = [
         r#"{"Containers":"N/A","ID":"0c94d737ccc9","Repository":"cultivate-database","Tag":"latest"}"#,
         r#"{"Containers":"N/A","ID":"674072cd1b96","Repository":"\u003cnone\u003e","Tag":"\u003cnone\u003e"}"#,
@@ -336,7 +338,7 @@ fn list_filters_by_prefix_then_inspects() {
         "docker image inspect 0c94d737ccc9",
         r#"[{"Id":"sha256:0c94d737ccc9ff","RootFS":{"Layers":["sha256:a"]}}]"#,
     );
-    let infos = call::<ops::ImageList>(&fake, &ops::ImageListRequest { prefix: "cultivate-".into() }).unwrap();
+    let infos = images::list(&fake.host(), &["docker".to_string()], "cultivate-").unwrap();
     assert_eq!(infos.len(), 1);
     assert_eq!(infos[0].reference, "cultivate-database:latest");
     assert_eq!(infos[0].id.as_deref(), Some("sha256:0c94d737ccc9ff"));
@@ -344,7 +346,7 @@ fn list_filters_by_prefix_then_inspects() {
 }
 
 #[test]
-fn list_inspects_every_listed_image_in_one_command() {
+fn two_command_list_inspects_every_listed_image_at_once() {
     let ls = [
         r#"{"ID":"aaaa11112222","Repository":"shop-backend","Tag":"v1"}"#,
         r#"{"ID":"aaaa11112222","Repository":"shop-backend","Tag":"v2"}"#,
@@ -356,7 +358,8 @@ fn list_inspects_every_listed_image_in_one_command() {
         r#"[{"Id":"sha256:aaaa11112222f","RootFS":{"Layers":["sha256:a"]}},
             {"Id":"sha256:bbbb33334444f","RootFS":{"Layers":["sha256:b"]}}]"#,
     );
-    let infos = call::<ops::ImageList>(&fake, &ops::ImageListRequest { prefix: "shop-".into() }).unwrap();
+    let docker = ["docker".to_string()];
+    let infos = images::list(&fake.host(), &docker, "shop-").unwrap();
     let got: Vec<(&str, &str)> = infos.iter().map(|i| (i.reference.as_str(), i.id.as_deref().unwrap())).collect();
     assert_eq!(
         got,
@@ -374,9 +377,111 @@ fn list_inspects_every_listed_image_in_one_command() {
         .ok("docker image inspect shop-backend:v1", r#"[{"Id":"sha256:aaaa11112222f"}]"#)
         .ok("docker image inspect shop-backend:v2", r#"[{"Id":"sha256:aaaa11112222f"}]"#)
         .fail("docker image inspect shop-database:v1", 1, "Error: No such image: shop-database:v1");
-    let infos = call::<ops::ImageList>(&fake, &ops::ImageListRequest { prefix: "shop-".into() }).unwrap();
+    let infos = images::list(&fake.host(), &docker, "shop-").unwrap();
     assert_eq!(infos.len(), 2);
     assert_eq!(fake.commands().len(), 5);
+}
+
+const A: &str = "sha256:aaaa111122223333444455556666777788889999aaaabbbbccccddddeeeeffff";
+const B: &str = "sha256:bbbb111122223333444455556666777788889999aaaabbbbccccddddeeeeffff";
+const C: &str = "sha256:cccc111122223333444455556666777788889999aaaabbbbccccddddeeeeffff";
+
+#[test]
+fn list_reads_the_images_and_the_ids_asked_in_one_command() {
+    let out = format!(
+        "shop-backend v1 {A}\nshop-backend v2 {A}\nshop-database <none> {B}\n{}\n\
+         [{{\"Id\":\"{A}\",\"RootFS\":{{\"Layers\":[\"sha256:a\"]}}}},\
+          {{\"Id\":\"{B}\",\"RootFS\":{{\"Layers\":[\"sha256:b\"]}}}}]\n",
+        images::LIST_SPLIT
+    );
+    let fake = FakeHost::new()
+        .answer("sh -c", Ok(ExecOutput { status: 1, stdout: out, stderr: format!("Error: No such image: {C}\n") }));
+    let req = ops::ImageListRequest { prefix: "shop-".into(), ids: vec![A.into(), C.into()] };
+    let infos = call::<ops::ImageList>(&fake, &req).unwrap();
+    let got: Vec<(&str, Option<&str>)> = infos.iter().map(|i| (i.reference.as_str(), i.id.as_deref())).collect();
+    assert_eq!(
+        got,
+        vec![(B, Some(B)), ("shop-backend:v1", Some(A)), ("shop-backend:v2", Some(A)), (A, Some(A)), (C, None)]
+    );
+    assert_eq!(infos[3].layers, vec!["sha256:a"], "an ID asked comes inspected");
+    let commands = fake.commands();
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    assert!(commands[0].contains("image ls --no-trunc") && commands[0].contains(C), "{commands:?}");
+}
+
+#[test]
+fn list_fails_when_the_daemon_is_down_and_when_inspect_fails_otherwise() {
+    let fake = FakeHost::new().fail("sh -c", 1, "Cannot connect to the Docker daemon at unix:///var/run/docker.sock");
+    let err =
+        call::<ops::ImageList>(&fake, &ops::ImageListRequest { prefix: "shop-".into(), ids: vec![] }).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::CommandFailed);
+    assert!(err.message.contains("Cannot connect"), "{err:?}");
+    let out = format!("shop-backend v1 {A}\n{}\n", images::LIST_SPLIT);
+    let fake = FakeHost::new()
+        .answer("sh -c", Ok(ExecOutput { status: 1, stdout: out, stderr: "error during connect: EOF\n".into() }));
+    let err =
+        call::<ops::ImageList>(&fake, &ops::ImageListRequest { prefix: "shop-".into(), ids: vec![] }).unwrap_err();
+    assert!(err.message.contains("error during connect"), "{err:?}");
+}
+
+#[test]
+fn list_with_nothing_listed_answers_only_the_ids() {
+    let fake = FakeHost::new().answer(
+        "sh -c",
+        Ok(ExecOutput {
+            status: 1,
+            stdout: format!("\n{}\n[]\n", images::LIST_SPLIT),
+            stderr: format!("Error: No such image: {C}\n"),
+        }),
+    );
+    let infos =
+        call::<ops::ImageList>(&fake, &ops::ImageListRequest { prefix: "shop-".into(), ids: vec![C.into()] }).unwrap();
+    assert_eq!(infos, vec![ImageInfo { reference: C.into(), ..ImageInfo::default() }]);
+    let empty = FakeHost::new().ok("sh -c", &format!("\n{}\n", images::LIST_SPLIT));
+    assert!(call::<ops::ImageList>(&empty, &ops::ImageListRequest::default()).unwrap().is_empty());
+}
+
+#[test]
+fn ls_lines_keep_the_prefix_and_name_untagged_images_by_id() {
+    let text = format!("shop-web v1 {A}\nshop-web <none> {B}\n<none> <none> {C}\nshopping v1 {C}\nshop-x\n");
+    assert_eq!(
+        images::parse_ls_lines(&text, "shop-"),
+        vec![(B.to_string(), B.to_string()), ("shop-web:v1".to_string(), A.to_string())]
+    );
+    assert!(images::parse_ls_lines(&text, "").is_empty(), "an empty prefix lists nothing");
+}
+
+/// The list command's shell against a stand-in `docker` (a shell function
+/// printing a fixed listing and echoing the inspect's arguments): the prefix
+/// filter and the IDs handed to inspect are the shell's own work.
+#[test]
+fn list_command_filters_in_the_shell() {
+    let spec = images::list_command(&["fake_docker".to_string()], "shop-", &["sha256:zz".to_string()]);
+    let script = format!(
+        "fake_docker() {{ if [ \"$2\" = ls ]; then printf 'shop-a v1 sha256:11\\nother v1 sha256:22\\nshop-b v1 sha256:11\\n'; \
+         else echo \"inspect: $*\"; fi; }}; {}",
+        spec.argv[2]
+    );
+    let out = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        stdout,
+        format!(
+            "shop-a v1 sha256:11\nshop-b v1 sha256:11\n{}\ninspect: image inspect sha256:11 sha256:zz\n",
+            images::LIST_SPLIT
+        )
+    );
+}
+
+proptest::proptest! {
+    #[test]
+    fn ls_lines_never_panic(text in "\\PC{0,300}", prefix in "[a-z-]{0,6}") {
+        for (r, id) in images::parse_ls_lines(&text, &prefix) {
+            proptest::prop_assert!(!prefix.is_empty());
+            proptest::prop_assert!(r.starts_with(&prefix) || r == id);
+        }
+    }
 }
 
 #[test]
@@ -385,19 +490,19 @@ fn load_command_is_docker_load() {
     assert_eq!(spec.argv, vec!["docker", "load"]);
     assert_eq!(spec.stdin, None);
     // gzip: every engine reads it itself.
-    let gzip = ops::ImageLoadRequest { compression: Some("gzip".into()) };
+    let gzip = ops::ImageLoadRequest { compression: Some("gzip".into()), ..Default::default() };
     assert_eq!(call::<ops::ImageLoadCommand>(&FakeHost::new(), &gzip).unwrap().argv, vec!["docker", "load"]);
 }
 
 #[test]
 fn zstd_load_pipes_through_the_targets_zstd_when_it_has_one() {
-    let zstd = ops::ImageLoadRequest { compression: Some("zstd".into()) };
+    let zstd = ops::ImageLoadRequest { compression: Some("zstd".into()), ..Default::default() };
     let spec = call::<ops::ImageLoadCommand>(&FakeHost::new(), &zstd).unwrap();
     assert_eq!(
         spec.argv,
         vec!["sh", "-c", "if command -v zstd >/dev/null 2>&1; then zstd -dcq | docker load; else docker load; fi"]
     );
-    let bad = ops::ImageLoadRequest { compression: Some("lz4".into()) };
+    let bad = ops::ImageLoadRequest { compression: Some("lz4".into()), ..Default::default() };
     let e = call::<ops::ImageLoadCommand>(&FakeHost::new(), &bad).unwrap_err();
     assert!(e.message.contains("`lz4`"), "{e:?}");
 }
@@ -410,7 +515,7 @@ fn zstd_load_command_decompresses_with_a_real_zstd() {
         eprintln!("skipped: no zstd on this machine");
         return;
     }
-    let spec = images::load_command_for(&["cat".to_string()], Some("zstd")).unwrap();
+    let spec = images::load_command_for(&["cat".to_string()], Some("zstd"), None).unwrap();
     let script = spec.argv[2].replace("cat load", "cat");
     let data = b"an image archive ".repeat(1000);
     let run = |args: &[&str], input: &[u8]| -> Vec<u8> {
@@ -689,4 +794,33 @@ fn install_help_is_exact_on_debian_and_generic_elsewhere() {
     let other = install_help(&fedora());
     assert!(other.lines.iter().any(|l| l.contains("https://docs.docker.com/engine/install/")));
     assert!(!other.lines.iter().any(|l| l.contains("apt-get")));
+}
+
+#[test]
+fn a_verifying_load_reports_the_id_after_a_load_that_worked() {
+    let req = ops::ImageLoadRequest { compression: None, verify: Some("shop-web:v2".into()) };
+    let spec = call::<ops::ImageLoadCommand>(&FakeHost::new(), &req).unwrap();
+    assert_eq!(
+        spec.argv,
+        vec![
+            "sh",
+            "-c",
+            "docker load || exit $?; docker image inspect --format 'cultivate-loaded-id {{.Id}}' shop-web:v2 2>/dev/null; exit 0"
+        ]
+    );
+    let req = ops::ImageLoadRequest { compression: Some("zstd".into()), verify: Some("it's:1".into()) };
+    let spec = call::<ops::ImageLoadCommand>(&FakeHost::new(), &req).unwrap();
+    assert!(spec.argv[2].starts_with("if command -v zstd"), "{spec:?}");
+    assert!(spec.argv[2].ends_with("'it'\\''s:1' 2>/dev/null; exit 0"), "{spec:?}");
+    // Run with stand-ins: the load's failure is the command's status, and no ID is printed.
+    let run = |load: &str| {
+        let script = spec.argv[2].replace("docker load", load).replace("docker image inspect", "echo");
+        let out = std::process::Command::new("sh").arg("-c").arg(script).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, out) = run("(cat >/dev/null; exit 3)");
+    assert_eq!((code, ops::loaded_id(&out)), (Some(3), None));
+    let (code, out) = run("cat >/dev/null");
+    assert_eq!(code, Some(0));
+    assert!(out.contains("cultivate-loaded-id"), "{out}");
 }

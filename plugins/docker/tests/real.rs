@@ -110,10 +110,24 @@ fn docker_plugin_against_the_real_engine() {
 
     // tag, list by prefix
     call::<ops::ImageTag>(&ops::ImageTagRequest { source: base.clone(), target: tagged.clone() }).unwrap();
-    let listed = call::<ops::ImageList>(&ops::ImageListRequest { prefix: repo.clone() }).unwrap();
+    let listed = call::<ops::ImageList>(&ops::ImageListRequest { prefix: repo.clone(), ids: vec![] }).unwrap();
     let refs: Vec<&str> = listed.iter().map(|i| i.reference.as_str()).collect();
     assert_eq!(refs, vec![base.as_str(), tagged.as_str()]);
     assert!(listed.iter().all(|i| i.id.as_deref() == Some(id.as_str())));
+    assert_eq!(listed[0].layers, info.layers, "listed images come inspected");
+    // the same command answers for IDs asked: one present, one absent
+    let absent = format!("sha256:{}", "0".repeat(64));
+    let listed =
+        call::<ops::ImageList>(&ops::ImageListRequest { prefix: repo.clone(), ids: vec![id.clone(), absent.clone()] })
+            .unwrap();
+    let refs: Vec<&str> = listed.iter().map(|i| i.reference.as_str()).collect();
+    assert_eq!(refs, vec![base.as_str(), tagged.as_str(), id.as_str(), absent.as_str()]);
+    assert_eq!(listed[2].id.as_deref(), Some(id.as_str()));
+    assert_eq!(listed[2].layers, info.layers);
+    assert_eq!(listed[3].id, None, "an ID the engine lacks is answered as absent, not an error");
+    let nothing =
+        call::<ops::ImageList>(&ops::ImageListRequest { prefix: format!("{repo}-none-"), ids: vec![] }).unwrap();
+    assert!(nothing.is_empty(), "{nothing:?}");
 
     // build on "the target" from a context directory
     let ctx = dir.join("ctx");
@@ -140,6 +154,11 @@ fn docker_plugin_against_the_real_engine() {
     assert!(sh(&format!("docker save -o {} {base}", archive.display())).status.success());
     let spec = call::<ops::ImageLoadCommand>(&ops::ImageLoadRequest::default()).unwrap();
     assert_eq!(spec.argv, vec!["docker", "load"]);
+    let verifying = call::<ops::ImageLoadCommand>(&ops::ImageLoadRequest {
+        compression: Some("gzip".into()),
+        verify: Some(base.clone()),
+    })
+    .unwrap();
 
     // remove: untagging works; an image a container uses is refused, not forced
     let report = call::<ops::ImageRemove>(&ops::ImageRefs { refs: vec![tagged.clone(), built.clone()] }).unwrap();
@@ -164,6 +183,22 @@ fn docker_plugin_against_the_real_engine() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let back = call::<ops::ImageInspect>(&ops::ImageRefs { refs: vec![base.clone()] }).unwrap().remove(0);
     assert_eq!(back.id.as_deref(), Some(id.as_str()), "loaded image has the source's ID");
+
+    // the verifying load command, gzip'd archive: it reports the loaded ID itself
+    assert!(sh(&format!("docker image rm {base} >/dev/null")).status.success());
+    let gz = dir.join("base.tar.gz");
+    assert!(sh(&format!("gzip -c {} > {}", archive.display(), gz.display())).status.success());
+    let run = |stdin: std::process::Stdio| {
+        Command::new(&verifying.argv[0]).args(&verifying.argv[1..]).stdin(stdin).output().unwrap()
+    };
+    let out = run(std::fs::File::open(&gz).unwrap().into());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(ops::loaded_id(&stdout).as_deref(), Some(id.as_str()), "{stdout}");
+    // a load that fails keeps its status and reports no ID
+    let out = run(std::fs::File::open(dir.join("root/hello.txt")).unwrap().into());
+    assert!(!out.status.success());
+    assert_eq!(ops::loaded_id(&String::from_utf8_lossy(&out.stdout)), None);
 }
 
 /// The cdylib cargo built next to this test loads through the host's loader

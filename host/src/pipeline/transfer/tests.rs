@@ -255,9 +255,9 @@ fn codec_follows_the_probes_load_compression() {
 
 #[test]
 fn the_load_command_is_told_the_codec() {
-    assert_eq!(load_request(Codec::None).compression, None);
-    assert_eq!(load_request(Codec::Zstd(3)).compression.as_deref(), Some("zstd"));
-    assert_eq!(load_request(Codec::Gzip(6)).compression.as_deref(), Some("gzip"));
+    assert_eq!(load_request(Codec::None, None).compression, None);
+    assert_eq!(load_request(Codec::Zstd(3), None).compression.as_deref(), Some("zstd"));
+    assert_eq!(load_request(Codec::Gzip(6), Some("a:1")).compression.as_deref(), Some("gzip"));
 }
 
 #[test]
