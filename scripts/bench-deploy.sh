@@ -442,7 +442,7 @@ meta duration "$(($(date +%s) - START_EPOCH))"
 
 rc=0
 python3 - "$RECORDS" "$META" "$WRITE" "$OUT" "$STRICT" <<'PY' || rc=$?
-import json, os, sys
+import json, os, re, sys
 
 records_path, meta_path, write, out_path, strict = sys.argv[1:6]
 meta = {}
@@ -460,13 +460,21 @@ for line in open(records_path):
         r["report"] = {}
     if not isinstance(r["report"], dict):
         r["report"] = {}
-    # commands run on the target, as cultivate's own debug log lists them ("cultivate::cmd: $ ...")
+    # commands run on the target, as cultivate's own debug log lists them ("cultivate::cmd: $ ..."),
+    # without the ones it answered from memory (a probe's answer, reused in the same run: no round trip)
     r["commands"] = None
     if r["kind"] in ("deploy", "other") and r.get("log_dir") and os.path.isdir(r["log_dir"]):
         n = 0
         for name in os.listdir(r["log_dir"]):
             with open(os.path.join(r["log_dir"], name), errors="replace") as fh:
-                n += sum(1 for line in fh if "cultivate::cmd: $ " in line)
+                entry = None  # a command's text: its "$" line and the "| " lines a multi-line script continues on
+                for line in list(fh) + [""]:
+                    if entry is not None and re.match(r"^\S+ +\w+ \| ", line):
+                        entry += line
+                        continue
+                    if entry is not None and "(answered from this run's earlier run" not in entry:
+                        n += 1
+                    entry = line if "cultivate::cmd: $ " in line else None
         r["commands"] = n or None
     runs.setdefault(r["case"], []).append(r)
 
@@ -538,7 +546,7 @@ p("### Cases (target A, full link speed)")
 p("")
 p("Wall time in seconds. On the wire: bytes on the target's link counted by the kernel (to the target / from it); "
   "cultivate's count: `bytes_sent` of its JSON report (image data only). Commands on the target: the commands "
-  "cultivate's own debug log (CULTIVATE_LOG_DIR) lists as run there, each at least one round trip. Stages from the report's `timings`; "
+  "cultivate's own debug log (CULTIVATE_LOG_DIR) lists as run there (not those it answered from memory), each at least one round trip. Stages from the report's `timings`; "
   "rest = wall − build − transfer − up − health (connect, probe, lock, configuration, commit, logs, start-up).")
 p("")
 p("| case | wall s | on the wire (to / from) | cultivate's count | commands on the target | build s | transfer s | up + health s | rest s |")
