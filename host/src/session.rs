@@ -465,12 +465,28 @@ impl Session {
         input: &mut dyn Read,
         progress: &mut dyn FnMut(u64),
     ) -> Result<ExecOutput, PluginError> {
+        self.stream(req, input, progress, false)?.finish()
+    }
+
+    /// Starts `req` and streams `input` to its stdin, all of it but its last
+    /// read when `hold_last`: the command cannot have read its input whole
+    /// until [`Streaming::finish`] sends that and closes stdin (a `docker load`
+    /// cannot start loading an archive it has not read to its end). Another
+    /// command may run meanwhile.
+    pub fn stream(
+        &self,
+        req: &ExecRequest,
+        input: &mut dyn Read,
+        progress: &mut dyn FnMut(u64),
+        hold_last: bool,
+    ) -> Result<Streaming, PluginError> {
         tracing::debug!(target: "cultivate::cmd", "$ {} < (stream)", redact::apply(&req.display()));
-        let mut ch = self.conn.exec(req)?;
+        let ch = self.conn.exec(req)?;
+        let private = output_is_private(req);
+        let mut s =
+            Streaming { ch, stdout: Vec::new(), stderr: Vec::new(), held: None, early: None, released: false, private };
         let mut buf = vec![0u8; 256 * 1024];
         let mut sent = 0u64;
-        let mut stdout = Vec::new();
-        let mut stderr = Vec::new();
         loop {
             let n = input
                 .read(&mut buf)
@@ -478,40 +494,34 @@ impl Session {
             if n == 0 {
                 break;
             }
-            if let Err(e) = ch.write_stdin(&buf[..n]) {
+            let chunk = if hold_last {
+                match s.held.replace(buf[..n].to_vec()) {
+                    Some(previous) => previous,
+                    None => continue,
+                }
+            } else {
+                buf[..n].to_vec()
+            };
+            if let Err(e) = s.ch.write_stdin(&chunk) {
                 // The command may have exited early; report its own error if it has one.
-                let out = drain(ch.as_mut(), &mut stdout, &mut stderr);
+                let out = drain(s.ch.as_mut(), &mut s.stdout, &mut s.stderr);
                 return match out {
-                    Ok(status) if status != 0 => Ok(ExecOutput {
-                        status,
-                        stdout: String::from_utf8_lossy(&stdout).into_owned(),
-                        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-                    }),
+                    Ok(status) if status != 0 => {
+                        s.held = None;
+                        s.early = Some(status);
+                        Ok(s)
+                    }
                     _ => Err(e),
                 };
             }
-            sent += n as u64;
+            sent += chunk.len() as u64;
             progress(sent);
             // Keep the output pipes moving so the remote side never blocks on them.
-            while let ChannelEvent::Stdout(b) | ChannelEvent::Stderr(b) = peek(ch.as_mut(), &mut stdout, &mut stderr)? {
-                let _ = b;
-            }
+            while let ChannelEvent::Stdout(_) | ChannelEvent::Stderr(_) =
+                peek(s.ch.as_mut(), &mut s.stdout, &mut s.stderr)?
+            {}
         }
-        ch.close_stdin()?;
-        let status = drain(ch.as_mut(), &mut stdout, &mut stderr)?;
-        let out = ExecOutput {
-            status,
-            stdout: String::from_utf8_lossy(&stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&stderr).into_owned(),
-        };
-        if output_is_private(req) {
-            tracing::debug!(target: "cultivate::cmd", "  (output not logged: it carries environment values)");
-        } else {
-            for line in out.stdout.lines().chain(out.stderr.lines()) {
-                tracing::debug!(target: "cultivate::cmd", "  | {}", redact::apply(line));
-            }
-        }
-        Ok(out)
+        Ok(s)
     }
 
     /// Starts a command whose output the caller streams itself (`logs -f`,
@@ -529,6 +539,75 @@ impl Session {
     /// Closes the connection.
     pub fn close(&self) {
         self.conn.close()
+    }
+}
+
+/// A command [`Session::stream`] is feeding: the rest of its input (the
+/// held last read) goes with [`Streaming::finish`], which waits for its exit.
+pub struct Streaming {
+    ch: Box<dyn cultivate_plugin_api::Channel>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    held: Option<Vec<u8>>,
+    /// The command exited early with this status (it stopped reading).
+    early: Option<i32>,
+    /// The held input went and stdin is closed.
+    released: bool,
+    private: bool,
+}
+
+impl Streaming {
+    /// Bytes held back (the input's last read), sent by [`Streaming::finish`].
+    pub fn held_bytes(&self) -> u64 {
+        self.held.as_ref().map_or(0, |h| h.len() as u64)
+    }
+
+    /// Sends what was held back and closes stdin: the command has its whole
+    /// input and goes on by itself. Safe twice.
+    pub fn release(&mut self) -> Result<(), PluginError> {
+        if self.early.is_some() || self.released {
+            return Ok(());
+        }
+        self.released = true;
+        if let Some(last) = self.held.take() {
+            if let Err(e) = self.ch.write_stdin(&last) {
+                match drain(self.ch.as_mut(), &mut self.stdout, &mut self.stderr) {
+                    Ok(status) if status != 0 => {
+                        self.early = Some(status);
+                        return Ok(());
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+        self.ch.close_stdin()
+    }
+
+    /// [`Streaming::release`]s the input and collects the output until the
+    /// command exits.
+    pub fn finish(mut self) -> Result<ExecOutput, PluginError> {
+        self.release()?;
+        let status = match self.early {
+            Some(status) => status,
+            None => drain(self.ch.as_mut(), &mut self.stdout, &mut self.stderr)?,
+        };
+        Ok(self.output(status))
+    }
+
+    fn output(&self, status: i32) -> ExecOutput {
+        let out = ExecOutput {
+            status,
+            stdout: String::from_utf8_lossy(&self.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&self.stderr).into_owned(),
+        };
+        if self.private {
+            tracing::debug!(target: "cultivate::cmd", "  (output not logged: it carries environment values)");
+        } else {
+            for line in out.stdout.lines().chain(out.stderr.lines()) {
+                tracing::debug!(target: "cultivate::cmd", "  | {}", redact::apply(line));
+            }
+        }
+        out
     }
 }
 

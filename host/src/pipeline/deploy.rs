@@ -2,7 +2,8 @@
 //! hung on the failure path of start and health.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use cultivate_plugin_api::ops::{self, ImageRefs, ImageTagRequest};
@@ -367,7 +368,8 @@ fn unchanged_without_lock(ctx: &mut Ctx<'_>, version: &str, secrets: &BTreeMap<S
     if fingerprint(&images, &files) != rec.fingerprint {
         return Ok(Unlocked::Built(Some(images)));
     }
-    let states = ctx.stack_op::<ops::StackPs>(&ctx.stack_ref(&rec.version))?;
+    let mut states = ctx.stack_op::<ops::StackPs>(&ctx.stack_ref(&rec.version))?;
+    switch::settle_starting(ctx, &mut states);
     let hashes = ctx.recorded_hashes(&rec);
     if !runs_as_recorded(&rec, &states, &state.edge(), hashes.as_ref(), switch::supported(ctx)) {
         tracing::info!("release {} is current but does not run as recorded: deploying under the lock", rec.version);
@@ -459,7 +461,8 @@ fn deploy_locked(
     let fingerprint = fingerprint(&images, &files);
     if let Some(rec) = &current_record {
         if rec.fingerprint == fingerprint && rec.status == ReleaseStatus::Healthy {
-            let states = ctx.stack_op::<ops::StackPs>(&ctx.stack_ref(&rec.version))?;
+            let mut states = ctx.stack_op::<ops::StackPs>(&ctx.stack_ref(&rec.version))?;
+            switch::settle_starting(ctx, &mut states);
             let one_each = SERVICES.iter().all(|s| states.iter().filter(|c| c.service == *s).count() == 1);
             if one_each && super::health::judge(&SERVICES, &states) == super::health::Verdict::Healthy {
                 if settings.build_mode == BuildMode::Local {
@@ -973,6 +976,12 @@ fn transfer_images(
         _ => None,
     };
     let mut sent_stats = Vec::new();
+    // Compressed archives go one after the other without waiting for each
+    // load: the next streams while the engine unpacks one (seconds for a
+    // large image, the link idle otherwise), its last bytes held back until
+    // that load ended. An uncompressed archive's end is not one read.
+    let pipelined = codec != transfer::Codec::None;
+    let mut pending: Option<(usize, Streamed)> = None;
     for (i, image) in to_send.iter().enumerate() {
         ctx.checkpoint("deploy: sending images")?;
         if oci {
@@ -1008,62 +1017,129 @@ fn transfer_images(
         if let Some(p) = plans.get(i + 1) {
             next = Some(start(i + 1, p.clone(), codec, true)?);
         }
-        let (mut stat, mut loaded, report) = send_archive(ctx, image, outgoing, codec)?;
-        if let Some(r) = &report {
-            transfer::save_known_dirs(&mut known, &r.learned);
+        let full =
+            |j: usize| start(j, transfer::LayerPlan::everything(&to_send[j].layers), transfer::Codec::None, false);
+        if !pipelined {
+            let first = send_archive(ctx, image, outgoing, codec)?;
+            sent_stats.push(conclude_load(ctx, image, first, &mut known, &|| full(i))?);
+            continue;
         }
-        if loaded.is_none() && (stat.layers_skipped > 0 || codec != transfer::Codec::None || report.is_none()) {
-            ctx.warn(&format!(
-                "{}: loading the {} archive failed; sending the whole image uncompressed",
-                image.service,
-                if stat.layers_skipped > 0 { "filtered" } else { "compressed" }
-            ));
-            let full = start(i, transfer::LayerPlan::everything(&image.layers), transfer::Codec::None, false)?;
-            let first = stat.bytes_sent;
-            let (again, again_loaded, _) = send_archive(ctx, image, full, transfer::Codec::None)?;
-            stat = TransferStats { fell_back: true, bytes_sent: first + again.bytes_sent, ..again };
-            loaded = again_loaded;
+        let mut streamed = stream_archive(ctx, image, outgoing, codec, true)?;
+        // The previous image loaded while this one streamed; it ends first
+        // (this one may leave out layers it brings), then this load may start.
+        if let Some((j, previous)) = pending.take() {
+            let first = finish_archive(ctx, to_send[j], previous)?;
+            if first.1.is_none() {
+                // This stream may lack what that load should have brought: given up, and sent again after.
+                abandon_archive(image, streamed);
+                sent_stats.push(conclude_load(ctx, to_send[j], first, &mut known, &|| full(j))?);
+                streamed = stream_archive(ctx, image, start(i, plans[i].clone(), codec, true)?, codec, true)?;
+            } else {
+                sent_stats.push(conclude_load(ctx, to_send[j], first, &mut known, &|| full(j))?);
+            }
         }
-        let Some(reported) = loaded else {
-            bail!("loading {} on {} failed", image.reference, ctx.session.target);
-        };
-        // P20: the target's ID must equal ours (the load command reports it;
-        // a plugin whose command does not is asked).
-        let after = match reported {
-            Some(id) => Some(id),
-            None => ctx
-                .images_op::<ops::ImageInspect>(&ImageRefs { refs: vec![image.reference.clone()] })?
-                .into_iter()
-                .next()
-                .and_then(|i| i.id),
-        };
-        transfer::verify_id(image, after.as_deref())?;
-        ctx.detail(&format!(
-            "{}: sent {} of {} layers, {} ({}) of {}; image ID verified",
-            image.service,
-            stat.layers_sent,
-            stat.layers_sent + stat.layers_skipped,
-            transfer::human_bytes(stat.bytes_sent),
-            stat.compression,
-            transfer::human_bytes(stat.archive_bytes)
-        ));
-        sent_stats.push(stat);
+        // This load starts now, while the next image streams.
+        release_archive(&mut streamed);
+        pending = Some((i, streamed));
+    }
+    if let Some((j, last)) = pending.take() {
+        let first = finish_archive(ctx, to_send[j], last)?;
+        let full = || start(j, transfer::LayerPlan::everything(&to_send[j].layers), transfer::Codec::None, false);
+        sent_stats.push(conclude_load(ctx, to_send[j], first, &mut known, &full)?);
     }
     let mut sent_stats = sent_stats.into_iter();
     Ok(stats.into_iter().map(|s| s.or_else(|| sent_stats.next()).unwrap_or_default()).collect())
 }
 
-/// Streams an export being produced into the load command; `(stats, loaded,
-/// the filter's report)`. `loaded` is `None` when the load failed, else the
-/// image ID the command reported for the reference, if it did. The report
-/// is `None` when the export failed.
-#[allow(clippy::type_complexity)]
+/// The end of an image's load: a failed filtered or compressed load is
+/// followed by the whole image, uncompressed (`full`), once; then P20's
+/// check of the image ID. The stats of what was sent.
+fn conclude_load(
+    ctx: &mut Ctx<'_>,
+    image: &BuiltImage,
+    first: Finished,
+    known: &mut std::collections::HashMap<String, String>,
+    full: &dyn Fn() -> Result<transfer::Outgoing>,
+) -> Result<TransferStats> {
+    let (mut stat, mut loaded, report) = first;
+    if let Some(r) = &report {
+        transfer::save_known_dirs(known, &r.learned);
+    }
+    let codec_used = stat.compression != transfer::Codec::None.name();
+    if loaded.is_none() && (stat.layers_skipped > 0 || codec_used || report.is_none()) {
+        ctx.warn(&format!(
+            "{}: loading the {} archive failed; sending the whole image uncompressed",
+            image.service,
+            if stat.layers_skipped > 0 { "filtered" } else { "compressed" }
+        ));
+        let sent_first = stat.bytes_sent;
+        let (again, again_loaded, _) = send_archive(ctx, image, full()?, transfer::Codec::None)?;
+        stat = TransferStats { fell_back: true, bytes_sent: sent_first + again.bytes_sent, ..again };
+        loaded = again_loaded;
+    }
+    let Some(reported) = loaded else {
+        bail!("loading {} on {} failed", image.reference, ctx.session.target);
+    };
+    // P20: the target's ID must equal ours (the load command reports it;
+    // a plugin whose command does not is asked).
+    let after = match reported {
+        Some(id) => Some(id),
+        None => ctx
+            .images_op::<ops::ImageInspect>(&ImageRefs { refs: vec![image.reference.clone()] })?
+            .into_iter()
+            .next()
+            .and_then(|i| i.id),
+    };
+    transfer::verify_id(image, after.as_deref())?;
+    ctx.detail(&format!(
+        "{}: sent {} of {} layers, {} ({}) of {}; image ID verified",
+        image.service,
+        stat.layers_sent,
+        stat.layers_sent + stat.layers_skipped,
+        transfer::human_bytes(stat.bytes_sent),
+        stat.compression,
+        transfer::human_bytes(stat.archive_bytes)
+    ));
+    Ok(stat)
+}
+
+/// An image's archive streamed into its load command, the load not yet
+/// awaited ([`stream_archive`], [`finish_archive`]).
+struct Streamed {
+    streaming: Result<crate::session::Streaming, cultivate_plugin_api::PluginError>,
+    read: Arc<AtomicU64>,
+    handle: std::thread::JoinHandle<Result<transfer::FilterReport>>,
+    progress: transfer::Progress,
+    wire: u64,
+    codec: transfer::Codec,
+}
+
+/// What a load came to: `(stats, loaded, the filter's report)`. `loaded` is
+/// `None` when the load failed, else the image ID the command reported for
+/// the reference, if it did. The report is `None` when the export failed.
+type Finished = (TransferStats, Option<Option<String>>, Option<transfer::FilterReport>);
+
+/// Streams an export being produced into the load command and waits for it.
 fn send_archive(
     ctx: &mut Ctx<'_>,
     image: &BuiltImage,
     outgoing: transfer::Outgoing,
     codec: transfer::Codec,
-) -> Result<(TransferStats, Option<Option<String>>, Option<transfer::FilterReport>)> {
+) -> Result<Finished> {
+    let streamed = stream_archive(ctx, image, outgoing, codec, false)?;
+    finish_archive(ctx, image, streamed)
+}
+
+/// Streams an export being produced into the load command, all of it but
+/// the last read when `hold_last` (the load then cannot start: see
+/// [`crate::session::Session::stream`]).
+fn stream_archive(
+    ctx: &mut Ctx<'_>,
+    image: &BuiltImage,
+    outgoing: transfer::Outgoing,
+    codec: transfer::Codec,
+    hold_last: bool,
+) -> Result<Streamed> {
     let transfer::Outgoing { mut reader, read, handle } = outgoing;
     let cmd = ctx.images_op::<ops::ImageLoadCommand>(&transfer::load_request(codec, Some(&image.reference)))?;
     // Progress counts the export read (what is dropped counts too): the wire
@@ -1071,14 +1147,30 @@ fn send_archive(
     let total = image.size.max(1);
     let mut progress = transfer::Progress::new(&image.service, total, ctx.printer.bars(), ctx.printer.quiet());
     let mut wire = 0u64;
-    let result = ctx.session.run_with_input(&cmd, &mut reader, &mut |sent| {
-        wire = sent;
-        progress.update(read.load(Ordering::Relaxed).min(total))
-    });
+    let streaming = ctx.session.stream(
+        &cmd,
+        &mut reader,
+        &mut |sent| {
+            wire = sent;
+            progress.update(read.load(Ordering::Relaxed).min(total))
+        },
+        hold_last,
+    );
     // Dropping the reader ends a producer still writing (the load stopped early).
     drop(reader);
+    Ok(Streamed { streaming, read, handle, progress, wire, codec })
+}
+
+/// Sends what [`stream_archive`] held back and waits for the load.
+fn finish_archive(ctx: &mut Ctx<'_>, image: &BuiltImage, streamed: Streamed) -> Result<Finished> {
+    let Streamed { streaming, read, handle, mut progress, mut wire, codec } = streamed;
+    let result = streaming.and_then(|s| {
+        wire += s.held_bytes();
+        s.finish()
+    });
     let produced = handle.join().map_err(|_| anyhow::anyhow!("the export of {} panicked", image.reference))?;
     let input = read.load(Ordering::Relaxed);
+    let total = image.size.max(1);
     progress.finish(input.min(total));
     let loaded = match result {
         Ok(out) => out,
@@ -1110,6 +1202,28 @@ fn send_archive(
         compression: codec.name().to_string(),
     };
     Ok((stats, ok, report))
+}
+
+/// Sends what [`stream_archive`] held back without waiting for the load:
+/// it runs while the next image streams. A failure here is the load's, seen
+/// by [`finish_archive`].
+fn release_archive(streamed: &mut Streamed) {
+    if let Ok(s) = &mut streamed.streaming {
+        streamed.wire += s.held_bytes();
+        if let Err(e) = s.release() {
+            streamed.streaming = Err(e);
+        }
+    }
+}
+
+/// Gives up a stream [`stream_archive`] is holding (its load fails on the
+/// cut archive): the image is sent again.
+fn abandon_archive(image: &BuiltImage, streamed: Streamed) {
+    let Streamed { streaming, handle, mut progress, .. } = streamed;
+    drop(streaming);
+    let _ = handle.join();
+    progress.finish(0);
+    tracing::info!("{}: its held load was given up; it is sent again", image.reference);
 }
 
 fn config_files(
