@@ -287,6 +287,26 @@ pub struct ServiceState {
     /// When the container last started (RFC 3339), when reported.
     #[serde(default)]
     pub started_at: Option<String>,
+    /// The container's health check command as the engine keeps it
+    /// (`Config.Healthcheck.Test`: `["CMD", argv…]` or `["CMD-SHELL", script]`),
+    /// when reported. The host may run it in the container itself while the
+    /// engine still says `starting` (the engine's first check comes one
+    /// interval after the start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_test: Option<Vec<String>>,
+}
+
+/// The argv that runs a health check `test` (`Config.Healthcheck.Test`) in
+/// its container: `CMD`'s own, `CMD-SHELL`'s through `/bin/sh -c`; `None`
+/// for `NONE`, an empty test or one not understood.
+pub fn health_test_argv(test: &[String]) -> Option<Vec<String>> {
+    match test.split_first() {
+        Some((kind, rest)) if kind == "CMD" && !rest.is_empty() => Some(rest.to_vec()),
+        Some((kind, [script])) if kind == "CMD-SHELL" && !script.trim().is_empty() => {
+            Some(vec!["/bin/sh".into(), "-c".into(), script.clone()])
+        }
+        _ => None,
+    }
 }
 
 /// Logs of a stack.
@@ -612,6 +632,21 @@ mod tests {
         }
         let new = ImageListRequest { prefix: "app-".into(), ids: vec!["sha256:ab".into()] };
         let _: OldListRequest = serde_json::from_str(&serde_json::to_string(&new).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn health_tests_become_the_argv_docker_would_run() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(health_test_argv(&v(&["CMD", "curl", "-f", "x"])), Some(v(&["curl", "-f", "x"])));
+        assert_eq!(
+            health_test_argv(&v(&["CMD-SHELL", "pg_isready || exit 1"])),
+            Some(v(&["/bin/sh", "-c", "pg_isready || exit 1"]))
+        );
+        assert_eq!(health_test_argv(&v(&["NONE"])), None);
+        assert_eq!(health_test_argv(&v(&["CMD"])), None);
+        assert_eq!(health_test_argv(&v(&["CMD-SHELL", " "])), None);
+        assert_eq!(health_test_argv(&v(&["CMD-SHELL", "a", "b"])), None);
+        assert_eq!(health_test_argv(&[]), None);
     }
 
     #[test]

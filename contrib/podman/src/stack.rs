@@ -292,6 +292,7 @@ pub fn parse_inspect_lines(stdout: &str) -> Result<Vec<Inspected>, PluginError> 
                 image_id: str_field(&v, "image_id").map(crate::images::content_id),
                 config_hash: None,
                 started_at: str_field(state, "StartedAt").map(str::to_string),
+                health_test: None,
             },
             has_healthcheck,
         });

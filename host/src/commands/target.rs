@@ -74,10 +74,13 @@ pub fn status(printer: &Printer, config: Option<&Path>, args: &TargetArgs) -> Re
     let stopped = state.stopped;
     let (repaired, seen) = if stopped { (Vec::new(), None) } else { repair_if_needed(&mut ctx, &current, &state)? };
     // The states the check just read, unless a repair changed them since.
-    let states = match seen {
+    let mut states = match seen {
         Some(states) => states,
         None => ctx.stack_op::<ops::StackPs>(&ctx.stack_ref(&current))?,
     };
+    if !stopped {
+        pipeline::switch::settle_starting(&ctx, &mut states);
+    }
     let verdict = pipeline::health::judge(&pipeline::build::SERVICES, &states);
     if printer.json() {
         printer.json_value(&serde_json::json!({

@@ -251,7 +251,7 @@ impl Compose {
     /// One shell command listing the project's service containers (stopped
     /// ones too, never one-off `run` containers, as `compose ps` does) by the
     /// labels compose puts on them, then inspecting them with
-    /// [`INSPECT_TEMPLATE`]; no output when there are none.
+    /// [`INSPECT_TEMPLATE_DOCKER`]; no output when there are none.
     pub fn ps_inspect_request(&self, stack: &StackRef) -> Result<ExecRequest, PluginError> {
         check_name("stack project", &stack.project)?;
         let q = cultivate_plugin_api::shell::quote;
@@ -262,7 +262,7 @@ impl Compose {
              [ -z \"$ids\" ] || exec {engine} inspect --type container --format {} $ids",
             q(&format!("label=com.docker.compose.project={project}")),
             q("label=com.docker.compose.oneoff=False"),
-            q(INSPECT_TEMPLATE),
+            q(INSPECT_TEMPLATE_DOCKER),
         ))
         .cwd(stack.dir.clone()))
     }
@@ -501,6 +501,17 @@ pub const INSPECT_TEMPLATE: &str = concat!(
     r#""config_hash":{{json (index .Config.Labels "com.docker.compose.config-hash")}}}"#
 );
 
+/// [`INSPECT_TEMPLATE`] with the health check (`.Config.Healthcheck` by `index`: the key is left out, not null, without one;
+/// `null` then): Docker's engines; Finch's keeps the
+/// plain template.
+pub const INSPECT_TEMPLATE_DOCKER: &str = concat!(
+    r#"{"id":{{json .Id}},"name":{{json .Name}},"state":{{json .State}},"#,
+    r#""image_id":{{json .Image}},"image":{{json .Config.Image}},"#,
+    r#""service":{{json (index .Config.Labels "com.docker.compose.service")}},"#,
+    r#""healthcheck":{{json (index .Config "Healthcheck")}},"#,
+    r#""config_hash":{{json (index .Config.Labels "com.docker.compose.config-hash")}}}"#
+);
+
 /// Parses `config --hash '*'`: `SERVICE HASH` per line.
 pub fn parse_hashes(stdout: &str) -> BTreeMap<String, String> {
     stdout
@@ -549,6 +560,11 @@ pub fn parse_inspect_lines(stdout: &str) -> Result<Vec<ServiceState>, PluginErro
             image_id: str_field(&v, &["image_id"]).map(str::to_string),
             config_hash: str_field(&v, &["config_hash"]).map(str::to_string),
             started_at: str_field(state, &["StartedAt"]).map(str::to_string),
+            health_test: v
+                .get("healthcheck")
+                .and_then(|h| h.get("Test"))
+                .and_then(Value::as_array)
+                .map(|t| t.iter().filter_map(Value::as_str).map(str::to_string).collect()),
         });
     }
     Ok(out)
@@ -667,5 +683,10 @@ fn inspect_entry(v: &Value) -> ServiceState {
         image_id: str_field(v, &["Image"]).map(str::to_string),
         config_hash: str_field(labels, &["com.docker.compose.config-hash"]).map(str::to_string),
         started_at: str_field(state, &["StartedAt"]).map(str::to_string),
+        health_test: config
+            .get("Healthcheck")
+            .and_then(|h| h.get("Test"))
+            .and_then(Value::as_array)
+            .map(|t| t.iter().filter_map(Value::as_str).map(str::to_string).collect()),
     }
 }

@@ -35,6 +35,7 @@ fn as_template_output(full: &str) -> String {
             "id": v["Id"], "name": v["Name"], "state": v["State"],
             "image_id": v["Image"], "image": v["Config"]["Image"],
             "service": labels.get("com.docker.compose.service").cloned().unwrap_or("".into()),
+            "healthcheck": v["Config"].get("Healthcheck").cloned().unwrap_or(serde_json::Value::Null),
             "config_hash": labels.get("com.docker.compose.config-hash").cloned().unwrap_or("".into()),
         });
         out.push_str(&line.to_string());
@@ -367,8 +368,12 @@ fn ps_v1_lists_by_compose_labels_and_inspects_in_one_command() {
     let good = by("good");
     assert_eq!(good.health.as_deref(), Some("healthy"));
     assert_eq!(good.health_log, None);
+    assert_eq!(good.health_test, Some(vec!["CMD".to_string(), "true".to_string()]));
+    assert_eq!(bad.health_test.as_ref().map(|t| t[0].as_str()), Some("CMD-SHELL"));
+    assert!(cmd.contains(r#""healthcheck":{{json (index .Config "Healthcheck")}}"#), "{cmd}");
     let plain = by("plain");
     assert_eq!(plain.health, None);
+    assert_eq!(plain.health_test, None, "no health check: null");
     assert_eq!(plain.state, "running");
     let quitter = by("quitter");
     assert_eq!(quitter.state, "exited");
