@@ -671,6 +671,101 @@ mod tests {
         }
     }
 
+    /// What a recording channel saw: each write's text, then `close`.
+    type Seen = Arc<Mutex<Vec<String>>>;
+
+    struct Recording {
+        seen: Seen,
+        closed: bool,
+    }
+
+    impl cultivate_plugin_api::Channel for Recording {
+        fn write_stdin(&mut self, data: &[u8]) -> Result<(), PluginError> {
+            self.seen.lock().unwrap().push(String::from_utf8_lossy(data).into_owned());
+            Ok(())
+        }
+        fn close_stdin(&mut self) -> Result<(), PluginError> {
+            self.closed = true;
+            self.seen.lock().unwrap().push("close".into());
+            Ok(())
+        }
+        fn next_event(&mut self, _: Duration) -> Result<ChannelEvent, PluginError> {
+            Ok(if self.closed { ChannelEvent::Exit(0) } else { ChannelEvent::Idle })
+        }
+    }
+
+    struct RecordingConnection(Seen);
+
+    impl Connection for RecordingConnection {
+        fn exec(&self, _: &ExecRequest) -> Result<Box<dyn cultivate_plugin_api::Channel>, PluginError> {
+            Ok(Box::new(Recording { seen: self.0.clone(), closed: false }))
+        }
+        fn info(&self) -> cultivate_plugin_api::ConnectionInfo {
+            cultivate_plugin_api::ConnectionInfo::default()
+        }
+    }
+
+    /// Hands out one chunk per read.
+    struct Chunks(Vec<&'static [u8]>);
+
+    impl Read for Chunks {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.is_empty() {
+                return Ok(0);
+            }
+            let c = self.0.remove(0);
+            out[..c.len()].copy_from_slice(c);
+            Ok(c.len())
+        }
+    }
+
+    fn recording_session(seen: &Seen) -> Session {
+        let conn: Arc<dyn Connection> = Arc::new(RecordingConnection(seen.clone()));
+        let services = Arc::new(Services::new(Some(conn.clone())));
+        Session {
+            target: Target::parse("local").unwrap(),
+            transport: "test".into(),
+            peer: "test".into(),
+            info: TargetInfo::default(),
+            conn,
+            host: Host::new(services.clone()),
+            services,
+            prefetched: Mutex::new(None),
+        }
+    }
+
+    #[test]
+    fn a_held_stream_keeps_its_last_read_until_released() {
+        let seen: Seen = Arc::default();
+        let session = recording_session(&seen);
+        let mut sent = 0;
+        let mut s = session
+            .stream(&ExecRequest::new(["load"]), &mut Chunks(vec![b"aa", b"bbb", b"c"]), &mut |n| sent = n, true)
+            .unwrap();
+        assert_eq!(*seen.lock().unwrap(), ["aa", "bbb"], "the last read is held, stdin open");
+        assert_eq!((sent, s.held_bytes()), (5, 1));
+        s.release().unwrap();
+        assert_eq!(*seen.lock().unwrap(), ["aa", "bbb", "c", "close"]);
+        assert_eq!(s.held_bytes(), 0);
+        s.release().unwrap();
+        assert_eq!(s.finish().unwrap().status, 0);
+        assert_eq!(seen.lock().unwrap().len(), 4, "released once");
+
+        // Not held: all of it goes at once, stdin closes with finish.
+        seen.lock().unwrap().clear();
+        let s = session.stream(&ExecRequest::new(["load"]), &mut Chunks(vec![b"x", b"y"]), &mut |_| {}, false).unwrap();
+        assert_eq!(*seen.lock().unwrap(), ["x", "y"]);
+        assert_eq!(s.held_bytes(), 0);
+        assert_eq!(s.finish().unwrap().status, 0);
+        assert_eq!(*seen.lock().unwrap(), ["x", "y", "close"]);
+
+        // An empty input holds nothing and closes on release.
+        seen.lock().unwrap().clear();
+        let s = session.stream(&ExecRequest::new(["load"]), &mut Chunks(vec![]), &mut |_| {}, true).unwrap();
+        assert_eq!(s.finish().unwrap().status, 0);
+        assert_eq!(*seen.lock().unwrap(), ["close"]);
+    }
+
     impl Connection for Counting {
         fn exec(&self, _: &ExecRequest) -> Result<Box<dyn cultivate_plugin_api::Channel>, PluginError> {
             let n = self.0.fetch_add(1, Ordering::SeqCst);
