@@ -59,6 +59,16 @@ impl LineLog {
     }
 }
 
+/// Logs a collected output line by line, as [`LineLog`] logs a streamed one.
+fn log_output(out: &ExecOutput) {
+    for line in out.stdout.lines() {
+        emit_line(false, line.as_bytes());
+    }
+    for line in out.stderr.lines() {
+        emit_line(true, line.as_bytes());
+    }
+}
+
 fn emit_line(is_stderr: bool, line: &[u8]) {
     let text = redact::apply(&String::from_utf8_lossy(line));
     if is_stderr {
@@ -369,9 +379,7 @@ impl Session {
         }
         if let Some(os) = frames.get("os") {
             tracing::debug!(target: "cultivate::cmd", "  (batched) $ {PROBE_SCRIPT}: exit {}", os.status);
-            for line in os.stdout.lines().chain(os.stderr.lines()) {
-                tracing::debug!(target: "cultivate::cmd", "    | {}", redact::apply(line));
-            }
+            log_output(os);
         }
         if let Some(extra) = frames.get("extra") {
             tracing::debug!(
@@ -389,12 +397,7 @@ impl Session {
                     redact::apply(&req.display()),
                     answer.status
                 );
-                for line in answer.stdout.lines() {
-                    tracing::debug!(target: "cultivate::cmd", "    | {}", redact::apply(line));
-                }
-                for line in answer.stderr.lines() {
-                    tracing::debug!(target: "cultivate::cmd", "    ! {}", redact::apply(line));
-                }
+                log_output(answer);
                 services.memo().insert(key.clone(), answer.clone());
             }
         }
@@ -494,15 +497,19 @@ impl Session {
             if n == 0 {
                 break;
             }
+            let previous;
             let chunk = if hold_last {
                 match s.held.replace(buf[..n].to_vec()) {
-                    Some(previous) => previous,
+                    Some(p) => {
+                        previous = p;
+                        &previous[..]
+                    }
                     None => continue,
                 }
             } else {
-                buf[..n].to_vec()
+                &buf[..n]
             };
-            if let Err(e) = s.ch.write_stdin(&chunk) {
+            if let Err(e) = s.ch.write_stdin(chunk) {
                 // The command may have exited early; report its own error if it has one.
                 let out = drain(s.ch.as_mut(), &mut s.stdout, &mut s.stderr);
                 return match out {
@@ -603,9 +610,7 @@ impl Streaming {
         if self.private {
             tracing::debug!(target: "cultivate::cmd", "  (output not logged: it carries environment values)");
         } else {
-            for line in out.stdout.lines().chain(out.stderr.lines()) {
-                tracing::debug!(target: "cultivate::cmd", "  | {}", redact::apply(line));
-            }
+            log_output(&out);
         }
         out
     }

@@ -469,21 +469,7 @@ fn deploy_locked(
                     untag_local(&images);
                 }
                 ctx.printer.success(&format!("nothing changed: release {} is current and healthy", rec.version));
-                return Ok(DeployReport {
-                    version: rec.version.clone(),
-                    outcome: "unchanged".into(),
-                    previous: current.clone(),
-                    services: SERVICES
-                        .iter()
-                        .map(|s| ServicePlan {
-                            service: s.to_string(),
-                            action: Action::Unchanged,
-                            reason: None,
-                            outage_secs: None,
-                        })
-                        .collect(),
-                    ..DeployReport::default()
-                });
+                return Ok(unchanged_report(rec, current.clone()));
             }
         }
     }
@@ -982,6 +968,8 @@ fn transfer_images(
     // that load ended. An uncompressed archive's end is not one read.
     let pipelined = codec != transfer::Codec::None;
     let mut pending: Option<(usize, Streamed)> = None;
+    // The whole image, uncompressed: what a failed load gets once.
+    let full = |j: usize| start(j, transfer::LayerPlan::everything(&to_send[j].layers), transfer::Codec::None, false);
     for (i, image) in to_send.iter().enumerate() {
         ctx.checkpoint("deploy: sending images")?;
         if oci {
@@ -1017,8 +1005,6 @@ fn transfer_images(
         if let Some(p) = plans.get(i + 1) {
             next = Some(start(i + 1, p.clone(), codec, true)?);
         }
-        let full =
-            |j: usize| start(j, transfer::LayerPlan::everything(&to_send[j].layers), transfer::Codec::None, false);
         if !pipelined {
             let first = send_archive(ctx, image, outgoing, codec)?;
             sent_stats.push(conclude_load(ctx, image, first, &mut known, &|| full(i))?);
@@ -1044,8 +1030,7 @@ fn transfer_images(
     }
     if let Some((j, last)) = pending.take() {
         let first = finish_archive(ctx, to_send[j], last)?;
-        let full = || start(j, transfer::LayerPlan::everything(&to_send[j].layers), transfer::Codec::None, false);
-        sent_stats.push(conclude_load(ctx, to_send[j], first, &mut known, &full)?);
+        sent_stats.push(conclude_load(ctx, to_send[j], first, &mut known, &|| full(j))?);
     }
     let mut sent_stats = sent_stats.into_iter();
     Ok(stats.into_iter().map(|s| s.or_else(|| sent_stats.next()).unwrap_or_default()).collect())
@@ -1424,6 +1409,15 @@ mod tests {
         }
     }
 
+    /// The first release of the unit tests: base, then a layer of each service's own.
+    fn v1_images() -> [BuiltImage; 3] {
+        [
+            built("database", "v1", "d1", &["base", "pg"]),
+            built("backend", "v1", "b1", &["base", "node", "app1"]),
+            built("frontend", "v1", "f1", &["base", "nginx", "site1"]),
+        ]
+    }
+
     fn current(images: &[BuiltImage]) -> ReleaseRecord {
         let (desired, site) = desired_images(images, None);
         ReleaseRecord {
@@ -1458,11 +1452,7 @@ mod tests {
     /// recorded counts as unchanged.
     #[test]
     fn only_a_release_running_as_recorded_is_unchanged() {
-        let v1 = [
-            built("database", "v1", "d1", &["base", "pg"]),
-            built("backend", "v1", "b1", &["base", "node", "app1"]),
-            built("frontend", "v1", "f1", &["base", "nginx", "site1"]),
-        ];
+        let v1 = v1_images();
         let rec = current(&v1);
         let states = vec![
             running("database", "db1", "d1", "h1"),
@@ -1508,11 +1498,7 @@ mod tests {
 
     #[test]
     fn unchanged_images_keep_the_tag_of_the_release_that_built_them() {
-        let v1 = [
-            built("database", "v1", "d1", &["base", "pg"]),
-            built("backend", "v1", "b1", &["base", "node", "app1"]),
-            built("frontend", "v1", "f1", &["base", "nginx", "site1"]),
-        ];
+        let v1 = v1_images();
         let rec = current(&v1);
         // v2: a new backend and a new site on the same nginx.
         let v2 = [

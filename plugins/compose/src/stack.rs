@@ -490,27 +490,29 @@ pub fn compose_project_label(project: &str) -> String {
         .collect()
 }
 
+/// The fields of [`INSPECT_TEMPLATE`], with `$extra` (`"key":{{…}},`) before the last.
+macro_rules! inspect_template {
+    ($extra:literal) => {
+        concat!(
+            r#"{"id":{{json .Id}},"name":{{json .Name}},"state":{{json .State}},"#,
+            r#""image_id":{{json .Image}},"image":{{json .Config.Image}},"#,
+            r#""service":{{json (index .Config.Labels "com.docker.compose.service")}},"#,
+            $extra,
+            r#""config_hash":{{json (index .Config.Labels "com.docker.compose.config-hash")}}}"#
+        )
+    };
+}
+
 /// The fields of `inspect` the pipeline uses, one JSON object per container.
 /// Never `.Config.Env`: it holds the release's secrets.
 /// `.State` whole: its `Health` key exists only for containers with a health
 /// check, and Docker's templates fail on a missing key (`index` does not).
-pub const INSPECT_TEMPLATE: &str = concat!(
-    r#"{"id":{{json .Id}},"name":{{json .Name}},"state":{{json .State}},"#,
-    r#""image_id":{{json .Image}},"image":{{json .Config.Image}},"#,
-    r#""service":{{json (index .Config.Labels "com.docker.compose.service")}},"#,
-    r#""config_hash":{{json (index .Config.Labels "com.docker.compose.config-hash")}}}"#
-);
+pub const INSPECT_TEMPLATE: &str = inspect_template!("");
 
-/// [`INSPECT_TEMPLATE`] with the health check (`.Config.Healthcheck` by `index`: the key is left out, not null, without one;
-/// `null` then): Docker's engines; Finch's keeps the
-/// plain template.
-pub const INSPECT_TEMPLATE_DOCKER: &str = concat!(
-    r#"{"id":{{json .Id}},"name":{{json .Name}},"state":{{json .State}},"#,
-    r#""image_id":{{json .Image}},"image":{{json .Config.Image}},"#,
-    r#""service":{{json (index .Config.Labels "com.docker.compose.service")}},"#,
-    r#""healthcheck":{{json (index .Config "Healthcheck")}},"#,
-    r#""config_hash":{{json (index .Config.Labels "com.docker.compose.config-hash")}}}"#
-);
+/// [`INSPECT_TEMPLATE`] with the health check (`.Config.Healthcheck` by
+/// `index`: Docker leaves the key out, not null, without one; `null` then):
+/// Docker's engines. Finch's keeps the plain template.
+pub const INSPECT_TEMPLATE_DOCKER: &str = inspect_template!(r#""healthcheck":{{json (index .Config "Healthcheck")}},"#);
 
 /// Parses `config --hash '*'`: `SERVICE HASH` per line.
 pub fn parse_hashes(stdout: &str) -> BTreeMap<String, String> {
