@@ -5,7 +5,10 @@
 //!
 //! [`Load::start`] runs, until [`Load::stop`]:
 //! - `rate` requests per second through the frontend, cycling over `paths`,
-//!   each response checked (status 200 and, for JSON health, `"status":"ok"`);
+//!   each response checked (status 200 and, for JSON health, `"status":"ok"`),
+//!   in an open loop: each request leaves when it is due, not when the one
+//!   before it has been answered, so a slow target (or a busy test machine)
+//!   shows as latency in the report rather than as a lower rate;
 //! - one slow request after another to `slow_path` (the example app's
 //!   `/api/slow?ms=2000`), so that one is always in flight and must complete.
 //!
@@ -15,7 +18,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -73,14 +76,24 @@ impl Report {
         self.samples.len() as f64 / self.duration.as_secs_f64().max(0.001)
     }
 
+    /// The median and the longest time a request of the steady stream took.
+    pub fn latency(&self) -> (Duration, Duration) {
+        let mut took: Vec<Duration> = self.samples.iter().map(|s| s.took).collect();
+        took.sort();
+        (took.get(took.len() / 2).copied().unwrap_or_default(), took.last().copied().unwrap_or_default())
+    }
+
     /// One line for the test's output and the figures.
     pub fn summary(&self) -> String {
+        let (median, slowest) = self.latency();
         format!(
-            "{} requests in {:.1}s ({:.1}/s), {} failed; longest gap between successes {:.0} ms; slow requests: {} completed, {} failed",
+            "{} requests in {:.1}s ({:.1}/s), {} failed; took {:.0} ms median, {:.0} ms at most; longest gap between successes {:.0} ms; slow requests: {} completed, {} failed",
             self.samples.len(),
             self.duration.as_secs_f64(),
             self.rate(),
             self.failures().len(),
+            median.as_secs_f64() * 1000.0,
+            slowest.as_secs_f64() * 1000.0,
             self.longest_gap().as_secs_f64() * 1000.0,
             self.slow_completed(),
             self.slow_failures().len()
@@ -145,23 +158,29 @@ impl Load {
         let started = Instant::now();
         let mut threads = Vec::new();
         let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-        // Several senders, each at its share of the rate, so that a slow
-        // answer on a loaded machine does not hold the stream back.
-        const WORKERS: u32 = 4;
-        for worker in 0..WORKERS {
-            let (stop, samples, host) = (stop.clone(), samples.clone(), host.to_string());
+        // Open loop: request k is due at `started + k × interval`, whatever
+        // the answers before it took. Workers take the next due request from
+        // one counter, so a slow answer holds back one worker, not the
+        // stream; only with every worker waiting on an answer (a mean
+        // latency over WORKERS × interval, 640 ms at 25/s) does the stream
+        // fall behind, and then the report's rate says so.
+        const WORKERS: u64 = 16;
+        let next_slot = Arc::new(AtomicU64::new(0));
+        for _ in 0..WORKERS {
+            let (stop, samples, host, next_slot) = (stop.clone(), samples.clone(), host.to_string(), next_slot.clone());
             let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
             threads.push(std::thread::spawn(move || {
-                let mut n: u64 = 0;
-                let mut next = started + interval * worker;
                 while !stop.load(Ordering::Relaxed) {
+                    let k = next_slot.fetch_add(1, Ordering::Relaxed);
+                    let due = started + interval * (k as u32);
                     let now = Instant::now();
-                    if now < next {
-                        std::thread::sleep(next - now);
+                    if now < due {
+                        std::thread::sleep(due - now);
                     }
-                    next += interval * WORKERS;
-                    let path = &paths[(n as usize) % paths.len()];
-                    n += 1;
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let path = &paths[(k as usize) % paths.len()];
                     let t0 = Instant::now();
                     let r = get_once(addr, &host, path, Duration::from_secs(10));
                     let sample = Sample { at: t0 - started, took: t0.elapsed(), path: path.clone(), error: r.err() };
@@ -251,5 +270,35 @@ mod tests {
         };
         assert_eq!(r.longest_gap(), Duration::from_millis(350));
         assert_eq!(r.failures().len(), 2);
+    }
+
+    /// A server that answers every connection after `delay`, many at once.
+    fn slow_server(delay: Duration) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for mut s in l.incoming().flatten().take(400) {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 1024];
+                    let _ = s.read(&mut buf);
+                    std::thread::sleep(delay);
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn slow_answers_do_not_hold_the_stream_back() {
+        // 400 ms an answer: four senders each waiting on its answer would
+        // reach 10 requests/s; the open-loop stream keeps its 25.
+        let addr = slow_server(Duration::from_millis(400));
+        let load = Load::start(&addr.ip().to_string(), addr.port(), &["/"], 25, None);
+        std::thread::sleep(Duration::from_secs(3));
+        let report = load.stop();
+        assert!(report.failures().is_empty(), "{}", report.failure_lines());
+        assert!(report.rate() >= 20.0, "{}", report.summary());
+        assert!(report.latency().0 >= Duration::from_millis(400), "{}", report.summary());
     }
 }
