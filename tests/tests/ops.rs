@@ -60,6 +60,37 @@ fn logs_exec_stop_start_remove_on_one_deployment() {
     p.deploy(&[]).expect_code(0);
     let volume = format!("{}_db_data", p.name);
 
+    // --- another project pointed at this deploy directory is refused, by
+    // name and with the directory it should use, before anything changes.
+    let other = Project::new(
+        "ops-other",
+        20402,
+        engine.via(),
+        ProjectOptions { deploy_path: Some(p.deploy_path.clone()), ..Default::default() },
+    );
+    let current = p.current_release().expect("current release");
+    let parent = p.deploy_path.trim_end_matches('/').rsplit_once('/').expect("an absolute deploy path").0;
+    let releases_before = p.via.sh(&format!("ls {}/releases", p.deploy_path)).expect("ls releases");
+    for args in [&["deploy"][..], &["rollback"], &["status"]] {
+        let run = other.run(args);
+        run.expect_code(2);
+        assert!(
+            run.stderr.contains(&format!("holds project `{}` (release {current})", p.name)),
+            "{args:?}: the refusal does not name the other project:\n{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains(&format!("deploy_path = \"{}/{}\"", parent, other.name)),
+            "{args:?}: no directory of its own is offered:\n{}",
+            run.stderr
+        );
+    }
+    assert_eq!(p.current_release().expect("current release"), current, "the refused runs moved current");
+    assert_eq!(p.via.sh(&format!("ls {}/releases", p.deploy_path)).expect("ls releases"), releases_before);
+    assert!(p.via.sh(&format!("test -e {}/.lock", p.deploy_path)).is_err(), "a refused run left the lock");
+    assert!(other.containers("backend", true).is_empty(), "the refused deploy started containers");
+    p.run(&["status"]).expect_code(0);
+
     // --- logs -f: a line written after following began arrives, prefixed;
     // Ctrl-C ends it cleanly.
     let mut child = p.spawn(&["logs", "-f", "--tail", "0", "backend"]);

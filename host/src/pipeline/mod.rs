@@ -549,6 +549,9 @@ pub fn connect<'a>(settings: &'a Settings, printer: &'a Printer, install_deps: b
         // Another directory than the one the first command guessed (or it did not run): read it now.
         None => crate::secrets::register_from_target(&session, &layout),
     };
+    if let Some((other, version)) = state.as_ref().and_then(|s| s.foreign_release(&settings.project)) {
+        return Err(foreign_project(settings, &layout, &session, &other, &version).into());
+    }
     Ok(Ctx {
         settings,
         printer,
@@ -562,6 +565,39 @@ pub fn connect<'a>(settings: &'a Settings, printer: &'a Printer, install_deps: b
         state,
         hashes: None,
     })
+}
+
+/// The refusal to act on a deploy directory that holds another project's
+/// releases: its `current`, its lock and its edge would be shared, so a
+/// deploy would take the other's release for its own and a rollback would
+/// start the other's images under this project's name.
+fn foreign_project(settings: &Settings, layout: &Layout, session: &Session, other: &str, version: &str) -> UserError {
+    let own = own_directory(&layout.root, &settings.project);
+    UserError::new(
+        Code::Usage,
+        format!(
+            "the deploy directory {} on {} holds project `{other}` (release {version}), not `{}`: \
+             two projects cannot share a deploy directory",
+            layout.root, session.target, settings.project
+        ),
+    )
+    .hint(format!(
+        "give this project a directory of its own: deploy_path = \"{own}\" in the configuration \
+         (or CULTIVATE_DEPLOY_PATH={own}); if it is `{other}` renamed, set project = \"{other}\" back; \
+         nothing was changed on the target"
+    ))
+}
+
+/// A directory to offer `project` beside `root`, which another project
+/// holds: `root`'s sibling named after the project (`/opt/cultivate` →
+/// `/opt/blog`), never inside `root` (where a project named `releases`
+/// would land in the other's files), else `root-project`.
+fn own_directory(root: &str, project: &str) -> String {
+    let root = root.trim_end_matches('/');
+    match root.rsplit_once('/') {
+        Some((parent, name)) if name != project => format!("{parent}/{project}"),
+        _ => format!("{root}-{project}"),
+    }
 }
 
 /// An error caused by a full filesystem on the target, made to say which:
@@ -725,6 +761,35 @@ fn install_dependencies(registry: &Registry, session: &Session, printer: &Printe
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod own_directory_tests {
+    use super::own_directory;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_sibling_named_after_the_project() {
+        assert_eq!(own_directory("/opt/cultivate", "blog"), "/opt/blog");
+        assert_eq!(own_directory("/var/lib/cultivate/example/", "blog"), "/var/lib/cultivate/blog");
+        assert_eq!(own_directory("/srv/blog", "blog"), "/srv/blog-blog", "the other's directory has our name");
+        assert_eq!(own_directory("/cultivate", "blog"), "/blog");
+    }
+
+    proptest! {
+        /// The offer is never the directory itself nor inside it.
+        #[test]
+        fn never_the_directory_nor_inside_it(
+            root in "(/[a-z0-9._-]{1,8}){1,4}/?",
+            project in "[a-z0-9][a-z0-9_-]{0,12}",
+        ) {
+            let own = own_directory(&root, &project);
+            let root = root.trim_end_matches('/');
+            prop_assert_ne!(&own, root);
+            prop_assert!(!own.starts_with(&format!("{root}/")), "{} is inside {}", own, root);
+            prop_assert!(own.starts_with('/'));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -77,6 +77,33 @@ impl TargetState {
     pub fn current_record(&self) -> Option<ReleaseRecord> {
         self.current.as_deref().and_then(|v| self.record(v))
     }
+
+    /// Another project's release in this deploy directory, when there is
+    /// one: `(its project, the release)`. Every image of a release is named
+    /// `PROJECT-SERVICE:VERSION` ([`super::build::image_ref`]), so a record
+    /// whose image of a service has another repository than
+    /// `{project}-{service}` was written by a deploy of another project.
+    /// The current release is looked at first, then the others, newest
+    /// first; records that do not parse are left to the commands that read
+    /// them.
+    pub fn foreign_release(&self, project: &str) -> Option<(String, String)> {
+        let mut order: Vec<&String> = self.records.keys().rev().collect();
+        if let Some(c) = self.current.as_ref().filter(|c| self.records.contains_key(*c)) {
+            order.retain(|v| *v != c);
+            order.insert(0, c);
+        }
+        order.into_iter().find_map(|v| {
+            let record = self.record(v)?;
+            record.images.iter().find_map(|(service, image)| {
+                let repository = image.reference.rsplit_once(':').map_or(image.reference.as_str(), |(r, _)| r);
+                if repository == format!("{project}-{service}") {
+                    return None;
+                }
+                let other = repository.strip_suffix(&format!("-{service}")).unwrap_or(repository);
+                Some((other.to_string(), v.clone()))
+            })
+        })
+    }
 }
 
 /// The script that prints the state of `layout` (see the module's doc);
@@ -315,7 +342,74 @@ mod tests {
         assert_eq!(parse(prefetched(&out, &missing).unwrap()).current, None);
     }
 
+    /// A record of `project`'s release `version`, its images named as a deploy names them.
+    fn project_record(project: &str, version: &str) -> String {
+        let images: Vec<String> = ["database", "backend", "frontend"]
+            .iter()
+            .map(|s| {
+                format!(
+                    "\"{s}\": {{\"reference\": \"{}\", \"id\": \"sha256:{s}\"}}",
+                    super::super::build::image_ref(project, s, version)
+                )
+            })
+            .collect();
+        format!(
+            "{{\"version\": \"{version}\", \"created_at\": \"t\", \"images\": {{{}}}, \"files\": {{}}, \
+             \"fingerprint\": \"f\", \"status\": \"healthy\"}}",
+            images.join(", ")
+        )
+    }
+
+    fn state_of(current: Option<&str>, records: &[(&str, &str)]) -> TargetState {
+        let mut out = format!(
+            "{CURRENT_MARK}{}\n{STOPPED_MARK}no\n",
+            current.map(|c| format!("releases/{c}")).unwrap_or_default()
+        );
+        for (project, v) in records {
+            out.push_str(&format!("\n{RELEASE_MARK}{v}\n{}\n", project_record(project, v)));
+        }
+        parse(&out)
+    }
+
+    #[test]
+    fn another_projects_release_is_found_by_its_image_names() {
+        let v1 = "20261129-100000";
+        let v2 = "20261129-110000";
+        let ours = state_of(Some(v2), &[("shop", v1), ("shop", v2)]);
+        assert_eq!(ours.foreign_release("shop"), None);
+        assert_eq!(ours.foreign_release("blog"), Some(("shop".into(), v2.into())), "the current release first");
+        // A name that only begins like the other: `shop-2` is not `shop`.
+        assert_eq!(ours.foreign_release("shop-2"), Some(("shop".into(), v2.into())));
+        assert_eq!(state_of(Some(v1), &[("shop-2", v1)]).foreign_release("shop"), Some(("shop-2".into(), v1.into())));
+        // Without a current release, the newest record speaks.
+        let mixed = state_of(None, &[("blog", v1), ("shop", v2)]);
+        assert_eq!(mixed.foreign_release("blog"), Some(("shop".into(), v2.into())));
+        // Nothing deployed, or records without images (older tests' fixtures): nothing to say.
+        assert_eq!(state_of(None, &[]).foreign_release("shop"), None);
+        let bare = parse(&format!("{CURRENT_MARK}releases/{v1}\n{RELEASE_MARK}{v1}\n{}\n", record(v1, "healthy")));
+        assert_eq!(bare.foreign_release("shop"), None);
+    }
+
     proptest! {
+        /// A project never finds its own releases foreign, and always finds
+        /// another's, named as that project.
+        #[test]
+        fn only_another_project_is_foreign(
+            ours in "[a-z0-9][a-z0-9_-]{0,12}",
+            theirs in "[a-z0-9][a-z0-9_-]{0,12}",
+            versions in proptest::collection::btree_set("20[0-9]{6}-[0-9]{6}", 1..4),
+        ) {
+            let records: Vec<(&str, &str)> = versions.iter().map(|v| (ours.as_str(), v.as_str())).collect();
+            let newest = versions.iter().next_back().unwrap().clone();
+            prop_assert_eq!(state_of(Some(&newest), &records).foreign_release(&ours), None);
+            let found = state_of(Some(&newest), &records).foreign_release(&theirs);
+            if ours == theirs {
+                prop_assert_eq!(found, None);
+            } else {
+                prop_assert_eq!(found, Some((ours.clone(), newest.clone())));
+            }
+        }
+
         /// Whatever the target prints, parsing never panics, and only valid
         /// versions become releases or `current`.
         #[test]
