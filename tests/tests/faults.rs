@@ -67,42 +67,13 @@ fn deploy_killed_at(p: &Project, args: &[&str], marker: &str, delay: Duration) -
 /// After a fault: a release serves, `status` reports it healthy (repairing
 /// what the fault left), and what serves is the release `current` names.
 fn assert_current_serves(p: &Project, what: &str) {
-    let mut status = p.run(&["status", "--json"]);
+    let status = p.run(&["status", "--json"]);
     assert_eq!(status.code, 0, "{what}: status failed\n{}", status.output());
-    // The first `status` repairs what the fault left. A container it leaves
-    // running but `starting` is not yet judged: on a machine loaded by the
-    // other e2e files the engine's checks of the Node backend can run over
-    // their 5 s timeout for minutes, and the own check over its 10 s. Only
-    // that is waited for (2 minutes at most), and a later `status` must
-    // find nothing more to repair.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while status.json()["healthy"] != true && only_starting(&status.json()) && Instant::now() < deadline {
-        eprintln!("{}: waiting for a starting container:\n{}", what.lines().next().unwrap_or(""), status.stdout);
-        std::thread::sleep(Duration::from_secs(3));
-        status = p.run(&["status", "--json"]);
-        assert_eq!(status.code, 0, "{what}: status failed\n{}", status.output());
-        assert_eq!(
-            status.json()["repaired"],
-            serde_json::json!([]),
-            "{what}: a later status repaired\n{}",
-            status.output()
-        );
-    }
+    let status = p.status_after_starting(status, what);
     assert_eq!(status.json()["healthy"], true, "{what}: not healthy\n{}", status.output());
     let greeting = current_greeting(p);
     assert_eq!(p.info()["greeting"], greeting.as_str(), "{what}: what serves is not the current release");
     assert_eq!(p.containers("backend", false).len(), 1, "{what}: not exactly one backend after status");
-}
-
-/// Every service of a `status --json` report that is not healthy is a
-/// running container the engine still calls `starting`.
-fn only_starting(report: &serde_json::Value) -> bool {
-    let services = report["services"].as_array().map(Vec::as_slice).unwrap_or_default();
-    !services.is_empty()
-        && services
-            .iter()
-            .filter(|s| s["health"] != "healthy")
-            .all(|s| s["state"] == "running" && s["health"] == "starting")
 }
 
 /// The tool SIGKILLed at each stage of a deploy in turn (and of the

@@ -271,7 +271,8 @@ fn killed_during_the_switch_status_repairs() {
         "status did not find or repair the half-switched stack:\n{}",
         status.output()
     );
-    assert_eq!(v["healthy"], true, "{}", status.output());
+    let status = p.status_after_starting(status, "killed during the switch");
+    assert_eq!(status.json()["healthy"], true, "{}", status.output());
     assert_eq!(p.containers("backend", false).len(), 1, "still two backends after the repair");
     assert_ne!(p.info()["edition"], edition.as_str(), "the uncommitted backend serves");
     assert_eq!(identity(&p, "database"), db);
