@@ -697,13 +697,13 @@ fn remove_locked(ctx: &mut Ctx<'_>, purge: bool) -> Result<(Vec<String>, Vec<Str
         }
     }
     // The images this project tagged: PROJECT-SERVICE:TAG, exactly.
-    let repos: Vec<String> = SERVICES.iter().map(|s| format!("{project}-{s}")).collect();
+    let repos: Vec<String> = SERVICES.iter().map(|s| crate::pipeline::build::image_repository(&project, s)).collect();
     let listed = ctx
         .images_op::<ops::ImageList>(&ops::ImageListRequest { prefix: format!("{project}-"), ..Default::default() })?;
     let mut refs: Vec<String> = listed
         .iter()
         .flat_map(|i| i.tags.iter())
-        .filter(|t| t.rsplit_once(':').is_some_and(|(repo, _)| repos.iter().any(|r| r == repo)))
+        .filter(|t| repos.iter().any(|r| r == crate::pipeline::build::repo_and_tag(t).0))
         .cloned()
         .collect();
     refs.sort();

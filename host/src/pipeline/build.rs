@@ -43,7 +43,12 @@ pub struct BuiltImage {
 
 /// Image reference of a service in a release.
 pub fn image_ref(project: &str, service: &str, version: &str) -> String {
-    format!("{project}-{service}:{version}")
+    format!("{}:{version}", image_repository(project, service))
+}
+
+/// The repository of every image of `service` in `project`, whatever the release.
+pub fn image_repository(project: &str, service: &str) -> String {
+    format!("{project}-{service}")
 }
 
 fn skip(rel: &Path) -> bool {
@@ -272,7 +277,7 @@ pub struct LocalBuild<'a> {
 }
 
 /// Splits `name:tag` (the tag after the last colon that follows the last slash).
-fn repo_and_tag(reference: &str) -> (&str, &str) {
+pub fn repo_and_tag(reference: &str) -> (&str, &str) {
     match reference.rfind(':') {
         Some(i) if !reference[i..].contains('/') => (&reference[..i], &reference[i + 1..]),
         _ => (reference, "latest"),

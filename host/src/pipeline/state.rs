@@ -87,16 +87,13 @@ impl TargetState {
     /// first; records that do not parse are left to the commands that read
     /// them.
     pub fn foreign_release(&self, project: &str) -> Option<(String, String)> {
-        let mut order: Vec<&String> = self.records.keys().rev().collect();
-        if let Some(c) = self.current.as_ref().filter(|c| self.records.contains_key(*c)) {
-            order.retain(|v| *v != c);
-            order.insert(0, c);
-        }
-        order.into_iter().find_map(|v| {
+        let current = self.current.as_ref().filter(|c| self.records.contains_key(*c));
+        let others = self.records.keys().rev().filter(|v| Some(*v) != current);
+        current.into_iter().chain(others).find_map(|v| {
             let record = self.record(v)?;
             record.images.iter().find_map(|(service, image)| {
-                let repository = image.reference.rsplit_once(':').map_or(image.reference.as_str(), |(r, _)| r);
-                if repository == format!("{project}-{service}") {
+                let (repository, _) = super::build::repo_and_tag(&image.reference);
+                if repository == super::build::image_repository(project, service) {
                     return None;
                 }
                 let other = repository.strip_suffix(&format!("-{service}")).unwrap_or(repository);
