@@ -33,7 +33,7 @@ pub const BUILTIN: &[StackFile] = stack_files![
     "docker/Dockerfile.database" => 0o644,
     "docker/Dockerfile.frontend" => 0o644,
     "docker/backend/entrypoint.sh" => 0o755,
-    "docker/backend/healthcheck.js" => 0o644,
+    "docker/backend/healthcheck.sh" => 0o755,
     "docker/build-base-images.sh" => 0o755,
     "docker/build-images.sh" => 0o755,
     "docker/database/entrypoint.sh" => 0o755,
@@ -262,6 +262,83 @@ mod tests {
             let removed: String = out.lines().filter(|l| !keys.iter().any(|k| *l == format!("      {k}: ${{{k}}}"))).map(|l| format!("{l}\n")).collect();
             proptest::prop_assert_eq!(removed, original.to_string());
         }
+    }
+
+    /// Runs the backend's health check (the built-in script, with bash)
+    /// against `answer` served on a local port; returns its exit status,
+    /// stderr and the request line the server got.
+    fn backend_check(answer: Option<&'static str>, health_path: Option<&str>) -> (Option<i32>, String, String) {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            tx.send(line.trim_end().to_string()).unwrap();
+            // The rest of the header, as an HTTP server reads it before answering.
+            let mut header = String::new();
+            while reader.read_line(&mut header).unwrap() > 0 && !header.ends_with("\r\n\r\n") {}
+            match answer {
+                Some(a) => (&stream).write_all(a.as_bytes()).unwrap(),
+                // Never answers; holds the connection until the check gives up.
+                None => std::thread::sleep(std::time::Duration::from_secs(6)),
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("healthcheck.sh");
+        std::fs::write(&script, builtin("docker/backend/healthcheck.sh").unwrap().data).unwrap();
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(&script).env("PORT", port.to_string()).env_remove("HEALTH_PATH");
+        if let Some(p) = health_path {
+            cmd.env("HEALTH_PATH", p);
+        }
+        let out = cmd.output().unwrap();
+        let request = rx.recv().unwrap();
+        server.join().unwrap();
+        let mut stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&out.status) {
+            stderr.push_str(&format!("(killed by signal {signal})"));
+        }
+        (out.status.code(), stderr, request)
+    }
+
+    #[test]
+    fn backend_health_check_passes_only_on_200() {
+        let ok = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n{\"status\":\"ok\"}";
+        let (code, stderr, request) = backend_check(Some(ok), None);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert_eq!(request, "GET /health HTTP/1.0");
+
+        let (code, _, request) = backend_check(Some(ok), Some("/api/ready"));
+        assert_eq!(code, Some(0));
+        assert_eq!(request, "GET /api/ready HTTP/1.0", "HEALTH_PATH is the route asked for");
+
+        let down = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n";
+        let (code, stderr, _) = backend_check(Some(down), None);
+        assert_eq!(code, Some(1));
+        assert!(stderr.contains("answered \"HTTP/1.1 503 Service Unavailable\""), "{stderr}");
+
+        let (code, stderr, _) = backend_check(Some("HTTP/1.1 2000 nonsense\r\n\r\n"), None);
+        assert_eq!(code, Some(1), "{stderr}");
+
+        let (code, stderr, _) = backend_check(None, None);
+        assert_eq!(code, Some(1));
+        assert!(stderr.contains("no answer to GET /health in 4 s"), "{stderr}");
+    }
+
+    #[test]
+    fn backend_health_check_fails_when_nothing_listens() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("healthcheck.sh");
+        std::fs::write(&script, builtin("docker/backend/healthcheck.sh").unwrap().data).unwrap();
+        let out = std::process::Command::new("bash").arg(&script).env("PORT", port.to_string()).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("nothing listens on 127.0.0.1:{port}")), "{stderr}");
     }
 
     #[test]
