@@ -39,21 +39,13 @@ mapfile -t files < <(for f in "${files[@]}"; do printf '%s %s\n' "${expected[$f]
 # Compile once, up front, so the runs below never wait on each other's build.
 cargo test -p cultivate-e2e --no-run --quiet || exit 1
 
-# The containers before the harness. On cgroup v1 (this machine kind) every
-# container of every test engine sits in the cpu cgroup /docker, which weighs
-# as much as ONE runnable process of the root cgroup. Three files at once run
-# dozens of those (cultivate and its zstd threads, sshd, curl, the load
-# generators' threads, the targets' dockerds loading images), so the
-# containers got a sliver of the two cores: the backend's health check, a
-# `node` started in the container every 5 s, took over its 5 s timeout for
-# minutes while the engine kept the container `starting`, and a deploy or the
-# status after a kill failed (CI at 6188aa0). Measured with three files
-# running (load 12): that check took 0.68 s (median of 6) with the harness in
-# the root cgroup and 0.28 s with it in a group of a quarter of /docker's
-# weight. A real server's deploy tool is not its main load; this puts the
-# harness (every process this script starts, and the targets' dockerds and
-# sshds the tests start) back behind the containers.
-# E2E_CPU_GROUP=none leaves the harness where it is.
+# The containers before the harness: on cgroup v1 all containers of all test
+# engines share one cpu cgroup weighing as much as one root-cgroup process,
+# and three files at once starved them until the backend's health check
+# outlasted its timeout (CI at 6188aa0). This moves the harness (everything
+# this script starts, the targets' dockerds and sshds included) into a group
+# at a quarter of /docker's weight; docs/testing.md (Limits) has the
+# measurements. E2E_CPU_GROUP=none leaves the harness where it is.
 harness_behind_containers() {
     local name=${E2E_CPU_GROUP:-cultivate-e2e} g
     [ "$name" = none ] && return 0

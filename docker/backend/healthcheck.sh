@@ -3,9 +3,8 @@
 # SELECT 1 through the socket) on 127.0.0.1:$PORT; healthy on a 200.
 #
 # bash and its /dev/tcp, not a Node.js script: the engine runs this every few
-# seconds, and starting node costs ~0.1 s of CPU and ~40 MB each time. On a
-# busy host that start alone outlasted the check's 5 s timeout, so a serving
-# backend stayed `starting` and deploys failed on it.
+# seconds, and each node start costs ~0.1 s of CPU and ~45 MB (this check:
+# ~5 ms); docs/stack.md has why that failed deploys on a busy host.
 set -u
 # bash writes line by line: a server that answers and closes before the last
 # line arrives must fail the check with a message, not kill it with SIGPIPE.

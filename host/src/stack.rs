@@ -264,6 +264,15 @@ mod tests {
         }
     }
 
+    /// The backend's health check run by bash against 127.0.0.1:`port`
+    /// (the repository's file, which `builtin_is_the_repository_stack` holds
+    /// equal to the embedded one), without a HEALTH_PATH of the caller's.
+    fn backend_check_command(port: u16) -> std::process::Command {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(repo().join("docker/backend/healthcheck.sh")).env("PORT", port.to_string()).env_remove("HEALTH_PATH");
+        cmd
+    }
+
     /// Runs the backend's health check (the built-in script, with bash)
     /// against `answer` served on a local port; returns its exit status,
     /// stderr and the request line the server got.
@@ -287,11 +296,7 @@ mod tests {
                 None => std::thread::sleep(std::time::Duration::from_secs(6)),
             }
         });
-        let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("healthcheck.sh");
-        std::fs::write(&script, builtin("docker/backend/healthcheck.sh").unwrap().data).unwrap();
-        let mut cmd = std::process::Command::new("bash");
-        cmd.arg(&script).env("PORT", port.to_string()).env_remove("HEALTH_PATH");
+        let mut cmd = backend_check_command(port);
         if let Some(p) = health_path {
             cmd.env("HEALTH_PATH", p);
         }
@@ -332,10 +337,7 @@ mod tests {
     #[test]
     fn backend_health_check_fails_when_nothing_listens() {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("healthcheck.sh");
-        std::fs::write(&script, builtin("docker/backend/healthcheck.sh").unwrap().data).unwrap();
-        let out = std::process::Command::new("bash").arg(&script).env("PORT", port.to_string()).output().unwrap();
+        let out = backend_check_command(port).output().unwrap();
         assert_eq!(out.status.code(), Some(1));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(&format!("nothing listens on 127.0.0.1:{port}")), "{stderr}");
